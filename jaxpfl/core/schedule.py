@@ -1,0 +1,101 @@
+"""Index schedules (ALGORITHMS.md §1.3): which of a client's examples each local step reads.
+
+A client's training examples are ``idx[:n]`` of its padded index row ``idx [W]``. A schedule
+gives, for every compiled step s, ``positions[s] [B]`` (into ``idx``) and ``valid[s] [B]``.
+Steps whose batch has no valid example are *masked*: they leave the client untouched, so
+clients of different sizes run the same compiled number of steps. Both functions are pure
+JAX, keyed, and exported so independent references can replay the exact same batches.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+
+class Schedule(NamedTuple):
+    """``positions [S, ..., B] int32`` into the client's index row; ``valid`` same shape."""
+
+    positions: jax.Array
+    valid: jax.Array
+
+    @property
+    def num_steps(self) -> int:
+        return self.positions.shape[0]
+
+
+def epoch_permutation(key: jax.Array, n: jax.Array, width: int, shuffle: bool = True):
+    """A uniform permutation of ``0..n-1`` in the first n slots of a length-``width`` vector.
+
+    Slot i draws ``u_i = uniform(fold_in(key, i))``, so the order of the n real slots does not
+    depend on the padding width (nor, hence, on the other clients of the round). Padding slots
+    (≥ n) sort last. With ``shuffle=False`` the stored order is kept.
+    """
+    ar = jnp.arange(width)
+    if not shuffle:
+        return ar
+    u = jax.vmap(lambda i: jax.random.uniform(jax.random.fold_in(key, i)))(ar)
+    return jnp.argsort(jnp.where(ar < n, u, 2.0)).astype(jnp.int32)
+
+
+def steps_per_epoch(width: int, batch_size: int) -> int:
+    """Compiled steps per epoch for index rows of width W: ⌈W / B⌉."""
+    return -(-width // batch_size)
+
+
+def epoch_schedule(
+    key: jax.Array,
+    n: jax.Array,
+    width: int,
+    batch_size: int,
+    epochs: int,
+    *,
+    drop_last: bool = False,
+    shuffle: bool = True,
+) -> Schedule:
+    """E epochs of batches of size B over a client of n examples (index row width W).
+
+    Epoch e uses the permutation π_e = ``epoch_permutation(fold_in(key, e), n)``; batch j is
+    π_e[jB:(j+1)B]. The client runs s = ⌈n/B⌉ steps per epoch (⌊n/B⌋ with ``drop_last``), the
+    last possibly short; compiled steps past s are masked. Shape ``[E·⌈W/B⌉, B]``.
+    """
+    spe = steps_per_epoch(width, batch_size)
+    n = jnp.asarray(n, jnp.int32)
+    own_steps = n // batch_size if drop_last else -(-n // batch_size)
+
+    def one_epoch(e):
+        perm = epoch_permutation(jax.random.fold_in(key, e), n, width, shuffle)
+        perm = jnp.pad(perm, (0, spe * batch_size - width))
+        slot = jnp.arange(spe * batch_size)
+        step = slot // batch_size
+        valid = (slot < n) & (step < own_steps)
+        return perm.reshape(spe, batch_size), valid.reshape(spe, batch_size)
+
+    pos, valid = jax.vmap(one_epoch)(jnp.arange(epochs))
+    return Schedule(pos.reshape(-1, batch_size).astype(jnp.int32), valid.reshape(-1, batch_size))
+
+
+def stream_schedule(
+    key: jax.Array, n: jax.Array, width: int, batch_size: int, num_batches: int
+) -> Schedule:
+    """The step stream of §1.3: epochs cut into ⌊n/B⌋ full batches (remainder dropped).
+
+    Batches never straddle an epoch boundary; if n < B every batch is the whole client set.
+    Batch j lies in epoch ``j // max(1, ⌊n/B⌋)``, which uses the permutation of
+    ``epoch_permutation(fold_in(key, epoch), n)``. Shape ``[num_batches, B]``.
+    """
+    n = jnp.asarray(n, jnp.int32)
+    per_epoch = jnp.maximum(1, n // batch_size)
+    padded = width + batch_size
+
+    def one_batch(j):
+        epoch, within = j // per_epoch, j % per_epoch
+        perm = epoch_permutation(jax.random.fold_in(key, epoch), n, width)
+        perm = jnp.pad(perm, (0, padded - width))
+        pos = jax.lax.dynamic_slice(perm, (within * batch_size,), (batch_size,))
+        return pos, jnp.arange(batch_size) < n
+
+    pos, valid = jax.vmap(one_batch)(jnp.arange(num_batches))
+    return Schedule(pos.astype(jnp.int32), valid)

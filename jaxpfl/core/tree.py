@@ -1,0 +1,81 @@
+"""Pytree helpers over a leading client axis."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+PyTree = Any
+
+
+def _expand(w: jax.Array, leaf: jax.Array) -> jax.Array:
+    """Reshape a ``[M]`` vector to broadcast against a ``[M, ...]`` leaf (explicit rank)."""
+    return jnp.reshape(w, w.shape + (1,) * (leaf.ndim - 1)).astype(leaf.dtype)
+
+
+def weighted_mean(tree: PyTree, weights: jax.Array) -> PyTree:
+    r"""Σ_k p_k x_k over the leading axis, with p = weights / Σ weights (zeros if Σ = 0)."""
+    total = jnp.sum(weights)
+    p = jnp.where(total > 0, weights / jnp.where(total > 0, total, 1.0), 0.0)
+    return jax.tree.map(lambda a: jnp.sum(_expand(p, a) * a, axis=0), tree)
+
+
+def tree_where(cond: jax.Array, new: PyTree, old: PyTree) -> PyTree:
+    """``new`` where the scalar ``cond`` holds, else ``old`` (leaf by leaf)."""
+    return jax.tree.map(lambda a, b: jnp.where(cond, a, b), new, old)
+
+
+def lerp(a: PyTree, b: PyTree, t: float | jax.Array) -> PyTree:
+    """a + t (b − a)."""
+    return jax.tree.map(lambda x, y: x + t * (y - x), a, b)
+
+
+def tree_sub(a: PyTree, b: PyTree) -> PyTree:
+    return jax.tree.map(jnp.subtract, a, b)
+
+
+def tree_add(a: PyTree, b: PyTree) -> PyTree:
+    return jax.tree.map(jnp.add, a, b)
+
+
+def tree_scale(a: PyTree, s: float | jax.Array) -> PyTree:
+    return jax.tree.map(lambda x: x * s, a)
+
+
+def tree_zeros_like(a: PyTree) -> PyTree:
+    return jax.tree.map(jnp.zeros_like, a)
+
+
+def tree_norm(a: PyTree) -> jax.Array:
+    """Global L2 norm of a pytree."""
+    return jnp.sqrt(sum(jnp.sum(jnp.square(x)) for x in jax.tree.leaves(a)))
+
+
+def gather_rows(tree: PyTree, rows: jax.Array) -> PyTree:
+    """Rows ``rows`` of every leaf of a stacked ``[K, ...]`` pytree."""
+    return jax.tree.map(lambda a: a[rows], tree)
+
+
+def scatter_rows(tree: PyTree, rows: jax.Array, values: PyTree) -> PyTree:
+    """Write ``values[i]`` into row ``rows[i]`` of every leaf of a stacked pytree."""
+    return jax.tree.map(lambda a, v: a.at[rows].set(v), tree, values)
+
+
+def stack(trees: list[PyTree]) -> PyTree:
+    """Stack a list of identical pytrees along a new leading axis."""
+    return jax.tree.map(lambda *xs: jnp.stack(xs), *trees)
+
+
+def unstack(tree: PyTree, n: int) -> list[PyTree]:
+    return [jax.tree.map(lambda a, i=i: a[i], tree) for i in range(n)]
+
+
+def broadcast_clients(tree: PyTree, n: int) -> PyTree:
+    """Replicate a pytree along a new leading axis of size n."""
+    return jax.tree.map(lambda a: jnp.broadcast_to(a, (n,) + a.shape), tree)
+
+
+def all_finite(tree: PyTree) -> jax.Array:
+    return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)]))

@@ -1,0 +1,130 @@
+"""In-memory federated datasets: one flat pool of examples plus per-client index arrays.
+
+The pool (``x: [N, H, W, C] uint8``, ``y: [N] int32``) is stored once; every client's train and
+test split is an array of indices into it (no per-client padding, no copies). Normalisation
+happens on device, in the model's input function, so stored arrays stay small.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+
+class DataError(ValueError):
+    """Bad or missing data; the message says what to do. CLIs print it as one line and exit 2."""
+
+
+@dataclasses.dataclass(frozen=True)
+class RawData:
+    """A centralised dataset as a source returns it (before partitioning).
+
+    ``x_*`` are uint8 ``[N, H, W, C]``; ``y_*`` int32 ``[N]`` in ``0..num_classes-1``.
+    ``writers_*`` (optional) give each example's natural client id (LEAF / TFF writers).
+    """
+
+    name: str
+    x_train: np.ndarray
+    y_train: np.ndarray
+    x_test: np.ndarray
+    y_test: np.ndarray
+    num_classes: int
+    writers_train: np.ndarray | None = None
+    writers_test: np.ndarray | None = None
+    meta: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+
+class ClientIndex:
+    """Ragged per-client index arrays stored flat: client k owns ``flat[offsets[k]:offsets[k+1]]``."""
+
+    def __init__(self, flat: np.ndarray, offsets: np.ndarray):
+        self.flat = np.asarray(flat, dtype=np.int64)
+        self.offsets = np.asarray(offsets, dtype=np.int64)
+        if self.offsets.ndim != 1 or self.offsets[0] != 0 or self.offsets[-1] != len(self.flat):
+            raise DataError("ClientIndex: offsets must start at 0 and end at len(flat)")
+        if np.any(np.diff(self.offsets) < 0):
+            raise DataError("ClientIndex: offsets must be non-decreasing")
+
+    @classmethod
+    def from_lists(cls, parts: Sequence[np.ndarray]) -> ClientIndex:
+        sizes = np.array([len(p) for p in parts], dtype=np.int64)
+        offsets = np.concatenate([[0], np.cumsum(sizes)])
+        flat = np.concatenate([np.asarray(p, np.int64) for p in parts]) if len(parts) else np.zeros(0)
+        return cls(flat, offsets)
+
+    def __len__(self) -> int:
+        return len(self.offsets) - 1
+
+    def __getitem__(self, k: int) -> np.ndarray:
+        return self.flat[self.offsets[k] : self.offsets[k + 1]]
+
+    def __iter__(self):
+        return (self[k] for k in range(len(self)))
+
+    @property
+    def sizes(self) -> np.ndarray:
+        return np.diff(self.offsets)
+
+    def padded(self, clients: Sequence[int] | np.ndarray, width: int | None = None):
+        """``(idx [M, width] int32, n [M] int32)`` for the given clients; padding repeats index 0."""
+        clients = np.asarray(clients, dtype=np.int64)
+        n = self.sizes[clients]
+        width = int(max(1, n.max(initial=0))) if width is None else int(width)
+        if n.max(initial=0) > width:
+            raise DataError(f"padded(): width {width} < largest client ({n.max()})")
+        out = np.zeros((len(clients), width), dtype=np.int32)
+        for row, k in enumerate(clients):
+            part = self[int(k)]
+            out[row, : len(part)] = part
+        return out, n.astype(np.int32)
+
+    def equals(self, other: ClientIndex) -> bool:
+        return np.array_equal(self.flat, other.flat) and np.array_equal(self.offsets, other.offsets)
+
+
+@dataclasses.dataclass(frozen=True)
+class FederatedDataset:
+    """A partitioned dataset.
+
+    Attributes:
+      x, y: the pool of examples (uint8 NHWC, int32 labels).
+      train, test: per-client indices into the pool (``ClientIndex``).
+      client_ids: a name per client (writer id where one exists, else ``str(k)``).
+      num_classes: label count C.
+      train_clients, eval_clients: integer client ids that train / are held out (never trained on).
+      meta: source, partition, seed, alpha, ... (JSON-serialisable).
+    """
+
+    name: str
+    x: np.ndarray
+    y: np.ndarray
+    train: ClientIndex
+    test: ClientIndex
+    client_ids: tuple[str, ...]
+    num_classes: int
+    train_clients: np.ndarray
+    eval_clients: np.ndarray
+    meta: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+    def __post_init__(self):
+        k = len(self.client_ids)
+        if len(self.train) != k or len(self.test) != k:
+            raise DataError(f"{self.name}: train/test index lists must have one entry per client ({k})")
+        n = len(self.x)
+        for split in (self.train, self.test):
+            if len(split.flat) and (split.flat.min() < 0 or split.flat.max() >= n):
+                raise DataError(f"{self.name}: client indices out of range [0, {n})")
+
+    @property
+    def num_clients(self) -> int:
+        return len(self.client_ids)
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        return tuple(self.x.shape[1:])
+
+    def client_labels(self, k: int, split: str = "train") -> np.ndarray:
+        return self.y[getattr(self, split)[k]]
