@@ -21,9 +21,18 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxpfl.core import keys as K
-from jaxpfl.core.engine import Algorithm, RoundInputs, State, Strategy, make_round, place_inputs
+from jaxpfl.core.engine import (
+    Algorithm,
+    RoundInputs,
+    State,
+    Strategy,
+    make_round,
+    mapped,
+    place_inputs,
+)
+from jaxpfl.core.train import ClientData
 from jaxpfl.core.tree import all_finite
-from jaxpfl.data.dataset import FederatedDataset
+from jaxpfl.data.dataset import ClientIndex, FederatedDataset
 
 PyTree = Any
 
@@ -102,6 +111,61 @@ def round_inputs(ds: FederatedDataset, ids: np.ndarray, multiple: int) -> RoundI
     return RoundInputs(ids.astype(np.int32), idx, n, mask)
 
 
+class ClientEvaluator:
+    """Maps a one-client evaluation ``fn(params, support, query, key)`` over clients.
+
+    ``support`` and ``query`` are per-client index lists (e.g. an evaluation client's own
+    train/test split); rows are padded to the widest client once, so every call with the same
+    number of clients reuses one compilation. Returns numpy outputs for the real rows only.
+    """
+
+    def __init__(
+        self,
+        fn: Callable,
+        x: jax.Array,
+        y: jax.Array,
+        support: Sequence[np.ndarray],
+        query: Sequence[np.ndarray],
+        strategy: Strategy,
+    ):
+        self.x, self.y, self.strategy = x, y, strategy
+        self.support = ClientIndex.from_lists(list(support))
+        self.query = ClientIndex.from_lists(list(query))
+        self.widths = (
+            int(max(1, self.support.sizes.max(initial=1))),
+            int(max(1, self.query.sizes.max(initial=1))),
+        )
+
+        def one(shared, pc):
+            params, xs, ys = shared
+            s_idx, s_n, q_idx, q_n, key = pc
+            sup = ClientData(s_idx, s_n, xs, ys, exec=strategy.exec)
+            qry = ClientData(q_idx, q_n, xs, ys, exec=strategy.exec)
+            return fn(params, sup, qry, key)
+
+        self._call = mapped(one, strategy)
+
+    def __call__(self, params: PyTree, rows: np.ndarray, keys: jax.Array):
+        rows = np.asarray(rows, np.int64)
+        m = len(rows)
+        pad = (-m) % self.strategy.client_multiple
+        rows_p = np.concatenate([rows, np.repeat(rows[:1], pad)])
+        s_idx, s_n = self.support.padded(rows_p, self.widths[0])
+        q_idx, q_n = self.query.padded(rows_p, self.widths[1])
+        keys = jnp.concatenate([keys, jnp.repeat(keys[:1], pad, axis=0)]) if pad else keys
+        per_client = (s_idx, s_n, q_idx, q_n, keys)
+        if self.strategy.name == "sharded":
+            from jax.sharding import NamedSharding
+            from jax.sharding import PartitionSpec as P
+
+            sh = NamedSharding(self.strategy.mesh(), P("clients"))
+            per_client = jax.tree.map(lambda a: jax.device_put(jnp.asarray(a), sh), per_client)
+        else:
+            per_client = jax.tree.map(jnp.asarray, per_client)
+        out = self._call((params, self.x, self.y), per_client)
+        return jax.tree.map(lambda a: np.asarray(a)[:m], out)
+
+
 def _phase_at(phases: Sequence[Phase], t: int) -> tuple[int, int]:
     """(phase index, first round of that phase) for global round t."""
     start = 0
@@ -160,12 +224,13 @@ def run(
     init_params: Callable[[jax.Array], PyTree],
     evaluate: EvalFn,
     config: RunConfig = RunConfig(),
+    pool: tuple[jax.Array, jax.Array] | None = None,
 ) -> dict[str, Any]:
     """Run all phases; returns ``{"history": [...], "summary": {...}}``.
 
     ``init_params(key)`` gives w_0; ``evaluate(state, t, final)`` returns metrics after t
     rounds (``final`` on the last call). With ``config.out`` set, writes ``metrics.jsonl``,
-    ``summary.json`` and checkpoints there.
+    ``summary.json`` and checkpoints there. ``pool``: the dataset's (x, y) already on device.
     """
     from tqdm.auto import tqdm
 
@@ -174,7 +239,7 @@ def run(
     train_pool = np.asarray(dataset.train_clients, np.int64)
     if len(train_pool) == 0:
         raise ValueError("the dataset has no training clients")
-    x, y = jnp.asarray(dataset.x), jnp.asarray(dataset.y)
+    x, y = pool if pool is not None else (jnp.asarray(dataset.x), jnp.asarray(dataset.y))
     total = sum(p.rounds for p in phases)
     rounds_fns = [make_round(p.algorithm, strategy) for p in phases]
     ms = [clients_per_round(p.clients_per_round, len(train_pool)) for p in phases]
@@ -274,7 +339,9 @@ def summarize_history(history: Sequence[dict[str, Any]]) -> dict[str, Any]:
     return out
 
 
-def plot_curves(history: Sequence[dict[str, Any]], keys: Sequence[str], path: str, title: str = "") -> None:
+def plot_curves(
+    history: Sequence[dict[str, Any]], keys: Sequence[str], path: str, title: str = ""
+) -> None:
     """Accuracy curves over rounds (matplotlib, Agg) saved to ``path``."""
     import matplotlib
 

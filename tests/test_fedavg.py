@@ -42,11 +42,19 @@ def reference_client(w, ds, k, t, cfg):
     """Client k of round t, by hand: the exported schedule, plain NumPy SGD."""
     key = derive(ROOT, K.DATA, t, k)
     n = len(ds.train[k])
-    sched = epoch_schedule(jax.random.fold_in(key, 0), n, max(n, 1), cfg.batch_size,
-                           cfg.local_epochs, drop_last=cfg.drop_last, shuffle=cfg.shuffle)
+    sched = epoch_schedule(
+        jax.random.fold_in(key, 0),
+        n,
+        max(n, 1),
+        cfg.batch_size,
+        cfg.local_epochs,
+        drop_last=cfg.drop_last,
+        shuffle=cfg.shuffle,
+    )
     batches = schedule_batches(sched, ds.train[k])
-    return np_sgd_epochs(w, ds.x, ds.y, batches, cfg.client_lr, cfg.client_momentum,
-                         cfg.weight_decay)
+    return np_sgd_epochs(
+        w, ds.x, ds.y, batches, cfg.client_lr, cfg.client_momentum, cfg.weight_decay
+    )
 
 
 def reference_fedavg(cfg, rounds=3, ds=None, server=None):
@@ -76,8 +84,9 @@ def assert_close(params, ref, tol=1e-5):
     "cfg",
     [
         FedAvgConfig(local_epochs=2, batch_size=10, client_lr=0.1),
-        FedAvgConfig(local_epochs=1, batch_size=4, client_lr=0.05, client_momentum=0.9,
-                     weight_decay=1e-3),
+        FedAvgConfig(
+            local_epochs=1, batch_size=4, client_lr=0.05, client_momentum=0.9, weight_decay=1e-3
+        ),
         FedAvgConfig(local_epochs=2, batch_size=10, client_lr=0.1, drop_last=True),
         FedAvgConfig(local_epochs=1, batch_size=10, client_lr=0.1, weighted=False),
     ],
@@ -91,13 +100,23 @@ def test_three_rounds_equal_numpy_reference(cfg):
 def test_strategies_agree_and_client_order_irrelevant():
     cfg = FedAvgConfig(local_epochs=2, batch_size=10, client_lr=0.1)
     base, _ = run_rounds(cfg, strategy=Strategy("vmap"))
-    for strategy in [Strategy("sequential"), Strategy("chunked", chunk_size=4), Strategy("sharded")]:
+    for strategy in [
+        Strategy("sequential"),
+        Strategy("chunked", chunk_size=4),
+        Strategy("sharded"),
+    ]:
         other, _ = run_rounds(cfg, strategy=strategy)
-        jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-6),
-                     base.server.params, other.server.params)
+        jax.tree.map(
+            lambda a, b: np.testing.assert_allclose(a, b, atol=1e-6),
+            base.server.params,
+            other.server.params,
+        )
     permuted, _ = run_rounds(cfg, clients=[5, 2, 0, 4, 1, 3])
-    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-6),
-                 base.server.params, permuted.server.params)
+    jax.tree.map(
+        lambda a, b: np.testing.assert_allclose(a, b, atol=1e-6),
+        base.server.params,
+        permuted.server.params,
+    )
 
 
 def test_fedsgd_invariant():
@@ -129,7 +148,9 @@ def test_tiny_client_trains_as_if_alone():
             return alg.client_update(state.server, None, data, key)
 
         keys = jnp.stack([derive(ROOT, K.DATA, 0, int(k)) for k in clients])
-        _, msg, metrics = jax.jit(jax.vmap(one))(jnp.asarray(inputs.idx), jnp.asarray(inputs.n), keys)
+        _, msg, metrics = jax.jit(jax.vmap(one))(
+            jnp.asarray(inputs.idx), jnp.asarray(inputs.n), keys
+        )
         return jax.tree.map(lambda a: a[0], msg.delta), np.asarray(metrics["steps"])
 
     together, steps = delta_of_client0([0, 1])
@@ -179,8 +200,13 @@ def _np_server(name, lr, b1=0.9, b2=0.99, eps=1e-3, momentum=0.9):
 
 @pytest.mark.parametrize("name", ["fedavgm", "adam", "yogi", "adagrad"])
 def test_server_optimizers_match_numpy_formulas(name):
-    cfg = FedAvgConfig(local_epochs=1, batch_size=10, client_lr=0.1, server_opt=name,
-                       server_lr=0.5 if name == "fedavgm" else 0.05)
+    cfg = FedAvgConfig(
+        local_epochs=1,
+        batch_size=10,
+        client_lr=0.1,
+        server_opt=name,
+        server_lr=0.5 if name == "fedavgm" else 0.05,
+    )
     state, _ = run_rounds(cfg)
     ref = reference_fedavg(cfg, server=_np_server(name, cfg.server_lr))
     assert_close(state.server.params, ref, tol=2e-5)

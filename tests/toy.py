@@ -58,13 +58,20 @@ def toy_dataset(sizes=SIZES, test_per_client: int = 5, seed: int = 0) -> Federat
         o += test_per_client
     k = len(sizes)
     return FederatedDataset(
-        name="toy", x=x, y=y, train=ClientIndex.from_lists(train), test=ClientIndex.from_lists(test),
-        client_ids=tuple(str(i) for i in range(k)), num_classes=CLASSES,
-        train_clients=np.arange(k), eval_clients=np.zeros(0, np.int64),
+        name="toy",
+        x=x,
+        y=y,
+        train=ClientIndex.from_lists(train),
+        test=ClientIndex.from_lists(test),
+        client_ids=tuple(str(i) for i in range(k)),
+        num_classes=CLASSES,
+        train_clients=np.arange(k),
+        eval_clients=np.zeros(0, np.int64),
     )
 
 
 # ---- NumPy reference (float64) -------------------------------------------------------------
+
 
 def np_params(params):
     return {k: np.asarray(v, np.float64) for k, v in params.items()}

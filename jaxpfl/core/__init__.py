@@ -9,6 +9,7 @@ from jaxpfl.core.engine import (
     default_strategy,
     make_round,
     map_clients,
+    mapped,
     place_inputs,
 )
 from jaxpfl.core.evaluate import Counts, client_eval, evaluate_global, summarize
@@ -51,6 +52,7 @@ __all__ = [
     "local_train",
     "make_round",
     "map_clients",
+    "mapped",
     "masked_cross_entropy",
     "place_inputs",
     "sgd_step",

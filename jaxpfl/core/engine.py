@@ -69,7 +69,9 @@ class Strategy:
 
     def __post_init__(self):
         if self.name not in STRATEGIES:
-            raise ValueError(f"unknown strategy '{self.name}'; choose one of: {', '.join(STRATEGIES)}")
+            raise ValueError(
+                f"unknown strategy '{self.name}'; choose one of: {', '.join(STRATEGIES)}"
+            )
         if self.chunk_size < 1:
             raise ValueError("chunk_size must be >= 1")
 
@@ -119,6 +121,15 @@ def map_clients(fn: Callable, shared: PyTree, per_client: PyTree, strategy: Stra
     raise ValueError(f"unknown strategy '{name}'")
 
 
+def mapped(fn: Callable, strategy: Strategy) -> Callable:
+    """``(shared, per_client) -> map_clients(fn, ...)``, jitted unless ``sequential``."""
+
+    def call(shared, per_client):
+        return map_clients(fn, shared, per_client, strategy)
+
+    return jax.jit(call) if strategy.jitted else call
+
+
 class RoundInputs(NamedTuple):
     """Per-round inputs: client ids ``[M]`` (padding rows use id = num_clients), their padded
     training index rows ``[M, W]``, sizes ``[M]``, and ``mask [M]`` (1 real, 0 padding)."""
@@ -144,9 +155,7 @@ def make_round(algorithm: Algorithm, strategy: Strategy) -> Callable:
     unless the strategy is ``sequential``.
     """
 
-    server_update = (
-        algorithm.server_update if strategy.jitted else jax.jit(algorithm.server_update)
-    )
+    server_update = algorithm.server_update if strategy.jitted else jax.jit(algorithm.server_update)
 
     def client_fn(shared, pc: _PerClient):
         server, x, y = shared
@@ -157,13 +166,13 @@ def make_round(algorithm: Algorithm, strategy: Strategy) -> Callable:
         keys = jax.vmap(lambda i: K.derive(root, K.DATA, t, i))(inputs.ids)
         cstate = None if state.clients is None else gather_rows(state.clients, inputs.ids)
         per_client = _PerClient(inputs.idx, inputs.n, cstate, keys)
-        new_cstate, messages, metrics = map_clients(client_fn, (state.server, x, y), per_client, strategy)
+        new_cstate, messages, metrics = map_clients(
+            client_fn, (state.server, x, y), per_client, strategy
+        )
         clients = state.clients
         if clients is not None:
             ids = jnp.where(inputs.mask > 0, inputs.ids, jnp.iinfo(jnp.int32).max)
-            clients = jax.tree.map(
-                lambda a, v: a.at[ids].set(v, mode="drop"), clients, new_cstate
-            )
+            clients = jax.tree.map(lambda a, v: a.at[ids].set(v, mode="drop"), clients, new_cstate)
         server = server_update(state.server, messages, inputs.mask)
         return State(server, clients), metrics
 
@@ -187,5 +196,6 @@ __all__ = [
     "default_strategy",
     "make_round",
     "map_clients",
+    "mapped",
     "place_inputs",
 ]

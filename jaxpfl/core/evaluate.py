@@ -67,7 +67,12 @@ def evaluate_global(
     hits, losses = [], []
     for s in range(0, padded, batch_size):
         h, lo = _predict_batch(
-            model, params, x, y, jnp.asarray(ids[s : s + batch_size]), jnp.asarray(valid[s : s + batch_size])
+            model,
+            params,
+            x,
+            y,
+            jnp.asarray(ids[s : s + batch_size]),
+            jnp.asarray(valid[s : s + batch_size]),
         )
         hits.append(h)
         losses.append(lo)
@@ -81,6 +86,7 @@ def evaluate_global(
     )
 
 
+@functools.partial(jax.jit, static_argnames=("model", "chunk"))
 def client_eval(model, params: PyTree, data: ClientData, chunk: int = 256) -> Counts:
     """Counts of ``params`` on one client's examples ``data.idx[:data.n]`` (traceable, for one
     client: map it over clients with the engine). Evaluated in chunks to bound memory."""

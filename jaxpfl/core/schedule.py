@@ -9,17 +9,25 @@ JAX, keyed, and exported so independent references can replay the exact same bat
 
 from __future__ import annotations
 
+import functools
 from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 
 class Schedule(NamedTuple):
-    """``positions [S, ..., B] int32`` into the client's index row; ``valid`` same shape."""
+    """``positions [S, ..., B] int32`` into the client's index row; ``valid`` same shape.
+
+    ``active`` (optional, host NumPy ``[S]`` bool): which steps have a valid example, known
+    without waiting for the device when n is concrete; the eager step loop uses it to skip
+    masked steps without a device round trip.
+    """
 
     positions: jax.Array
     valid: jax.Array
+    active: np.ndarray | None = None
 
     @property
     def num_steps(self) -> int:
@@ -45,6 +53,10 @@ def steps_per_epoch(width: int, batch_size: int) -> int:
     return -(-width // batch_size)
 
 
+def _concrete(n) -> int | None:
+    return None if isinstance(n, jax.core.Tracer) else int(np.asarray(n))
+
+
 def epoch_schedule(
     key: jax.Array,
     n: jax.Array,
@@ -61,6 +73,16 @@ def epoch_schedule(
     π_e[jB:(j+1)B]. The client runs s = ⌈n/B⌉ steps per epoch (⌊n/B⌋ with ``drop_last``), the
     last possibly short; compiled steps past s are masked. Shape ``[E·⌈W/B⌉, B]``.
     """
+    pos, valid = _epoch_schedule(key, n, width, batch_size, epochs, drop_last, shuffle)
+    active = None
+    if (nk := _concrete(n)) is not None:
+        own = nk // batch_size if drop_last else -(-nk // batch_size)
+        active = np.tile(np.arange(steps_per_epoch(width, batch_size)) < own, epochs)
+    return Schedule(pos, valid, active)
+
+
+@functools.partial(jax.jit, static_argnums=(2, 3, 4, 5, 6))
+def _epoch_schedule(key, n, width, batch_size, epochs, drop_last, shuffle):
     spe = steps_per_epoch(width, batch_size)
     n = jnp.asarray(n, jnp.int32)
     own_steps = n // batch_size if drop_last else -(-n // batch_size)
@@ -74,7 +96,7 @@ def epoch_schedule(
         return perm.reshape(spe, batch_size), valid.reshape(spe, batch_size)
 
     pos, valid = jax.vmap(one_epoch)(jnp.arange(epochs))
-    return Schedule(pos.reshape(-1, batch_size).astype(jnp.int32), valid.reshape(-1, batch_size))
+    return pos.reshape(-1, batch_size).astype(jnp.int32), valid.reshape(-1, batch_size)
 
 
 def stream_schedule(
@@ -86,6 +108,14 @@ def stream_schedule(
     Batch j lies in epoch ``j // max(1, ⌊n/B⌋)``, which uses the permutation of
     ``epoch_permutation(fold_in(key, epoch), n)``. Shape ``[num_batches, B]``.
     """
+    pos, valid = _stream_schedule(key, n, width, batch_size, num_batches)
+    nk = _concrete(n)
+    active = None if nk is None else np.full(num_batches, nk > 0)
+    return Schedule(pos, valid, active)
+
+
+@functools.partial(jax.jit, static_argnums=(2, 3, 4))
+def _stream_schedule(key, n, width, batch_size, num_batches):
     n = jnp.asarray(n, jnp.int32)
     per_epoch = jnp.maximum(1, n // batch_size)
     padded = width + batch_size
@@ -98,4 +128,4 @@ def stream_schedule(
         return pos, jnp.arange(batch_size) < n
 
     pos, valid = jax.vmap(one_batch)(jnp.arange(num_batches))
-    return Schedule(pos.astype(jnp.int32), valid)
+    return pos.astype(jnp.int32), valid

@@ -87,17 +87,7 @@ StepFn = Callable[[PyTree, PyTree, Batch, jax.Array], tuple[PyTree, jax.Array]]
 
 
 def _scan(step_fn: StepFn, carry, consts, data, schedule, key, step_ids, unroll):
-    def body(c, inp):
-        carry, stats = c
-        pos, valid, j = inp
-        new, loss = step_fn(carry, consts, gather_batch(data, pos, valid), jax.random.fold_in(key, j))
-        active = jnp.any(valid)
-        carry = tree_where(active, new, carry)
-        stats = StepStats(
-            stats.loss_sum + jnp.where(active, loss, 0.0), stats.steps + active.astype(jnp.int32)
-        )
-        return (carry, stats), None
-
+    body = _masked_body(step_fn, consts, data, key)
     init = StepStats(jnp.zeros((), jnp.float32), jnp.zeros((), jnp.int32))
     (carry, stats), _ = jax.lax.scan(
         body, (carry, init), (schedule.positions, schedule.valid, step_ids), unroll=unroll
@@ -105,7 +95,34 @@ def _scan(step_fn: StepFn, carry, consts, data, schedule, key, step_ids, unroll)
     return carry, stats
 
 
-_scan_jit = jax.jit(_scan, static_argnames=("step_fn", "unroll"))
+@functools.partial(jax.jit, static_argnames=("step_fn", "size"))
+def _block(step_fn: StepFn, carry, stats, consts, data, schedule, key, start, size):
+    """Steps ``start .. start+size-1`` of ``schedule``, unrolled in Python: no loop construct
+    reaches XLA (on CPU a convolution inside a while loop, even a one-trip one, runs several
+    times slower, measured)."""
+    body = _masked_body(step_fn, consts, data, key)
+    c = (carry, stats)
+    for j in range(size):
+        step = start + j
+        c, _ = body(c, (schedule.positions[step], schedule.valid[step], step))
+    return c
+
+
+def _masked_body(step_fn: StepFn, consts, data, key):
+    def body(c, inp):
+        carry, stats = c
+        pos, valid, j = inp
+        new, loss = step_fn(
+            carry, consts, gather_batch(data, pos, valid), jax.random.fold_in(key, j)
+        )
+        active = jnp.any(valid)
+        carry = tree_where(active, new, carry)
+        stats = StepStats(
+            stats.loss_sum + jnp.where(active, loss, 0.0), stats.steps + active.astype(jnp.int32)
+        )
+        return (carry, stats), None
+
+    return body
 
 
 def _is_traced(tree: PyTree) -> bool:
@@ -133,24 +150,16 @@ def local_steps(
     if block is None or _is_traced((carry, consts, data, schedule, key)):
         return _scan(step_fn, carry, consts, data, schedule, key, step_ids, data.exec.unroll)
     # Eager path: jitted blocks of `block` steps, all-masked blocks skipped (they are no-ops).
-    active = np.asarray(jnp.any(schedule.valid.reshape(num, -1), axis=-1))
-    pad = (-num) % block
-    if pad:
-        schedule = Schedule(
-            jnp.concatenate([schedule.positions, jnp.zeros_like(schedule.positions[:pad])]),
-            jnp.concatenate([schedule.valid, jnp.zeros_like(schedule.valid[:pad])]),
-        )
-        step_ids = jnp.arange(num + pad, dtype=jnp.int32)
-        active = np.concatenate([active, np.zeros(pad, bool)])
-    loss_sum, steps = jnp.zeros((), jnp.float32), jnp.zeros((), jnp.int32)
-    for start in range(0, num + pad, block):
-        if not active[start : start + block].any():
-            continue
-        sl = slice(start, start + block)
-        part = Schedule(schedule.positions[sl], schedule.valid[sl])
-        carry, st = _scan_jit(step_fn, carry, consts, data, part, key, step_ids[sl], unroll=block)
-        loss_sum, steps = loss_sum + st.loss_sum, steps + st.steps
-    return carry, StepStats(loss_sum, steps)
+    active = schedule.active
+    if active is None:
+        active = np.asarray(jnp.any(schedule.valid.reshape(num, -1), axis=-1))
+    stats = StepStats(jnp.zeros((), jnp.float32), jnp.zeros((), jnp.int32))
+    sched = Schedule(schedule.positions, schedule.valid)
+    for start in range(0, num, block):
+        if active[start : start + block].any():
+            size = min(block, num - start)
+            carry, stats = _block(step_fn, carry, stats, consts, data, sched, key, start, size)
+    return carry, stats
 
 
 def masked_cross_entropy(
@@ -163,8 +172,10 @@ def masked_cross_entropy(
     return jnp.sum(ce * w) / jnp.maximum(jnp.sum(w), 1.0)
 
 
-@functools.lru_cache(maxsize=None)
-def sgd_step(model, tx: optax.GradientTransformation, post_update: Callable | None = None) -> StepFn:
+@functools.cache
+def sgd_step(
+    model, tx: optax.GradientTransformation, post_update: Callable | None = None
+) -> StepFn:
     """The standard optax step on one batch, optionally followed by ``post_update``.
 
     carry = (θ, optimizer state). ``θ⁺ = θ + tx.update(∇ℓ(θ; b))``; then, if given,

@@ -38,7 +38,8 @@ class RawData:
 
 
 class ClientIndex:
-    """Ragged per-client index arrays stored flat: client k owns ``flat[offsets[k]:offsets[k+1]]``."""
+    """Ragged per-client index arrays stored flat: client k owns
+    ``flat[offsets[k]:offsets[k+1]]``."""
 
     def __init__(self, flat: np.ndarray, offsets: np.ndarray):
         self.flat = np.asarray(flat, dtype=np.int64)
@@ -52,7 +53,9 @@ class ClientIndex:
     def from_lists(cls, parts: Sequence[np.ndarray]) -> ClientIndex:
         sizes = np.array([len(p) for p in parts], dtype=np.int64)
         offsets = np.concatenate([[0], np.cumsum(sizes)])
-        flat = np.concatenate([np.asarray(p, np.int64) for p in parts]) if len(parts) else np.zeros(0)
+        flat = (
+            np.concatenate([np.asarray(p, np.int64) for p in parts]) if len(parts) else np.zeros(0)
+        )
         return cls(flat, offsets)
 
     def __len__(self) -> int:
@@ -69,7 +72,7 @@ class ClientIndex:
         return np.diff(self.offsets)
 
     def padded(self, clients: Sequence[int] | np.ndarray, width: int | None = None):
-        """``(idx [M, width] int32, n [M] int32)`` for the given clients; padding repeats index 0."""
+        """``(idx [M, width] int32, n [M] int32)`` for the given clients; padding is index 0."""
         clients = np.asarray(clients, dtype=np.int64)
         n = self.sizes[clients]
         width = int(max(1, n.max(initial=0))) if width is None else int(width)
@@ -112,7 +115,9 @@ class FederatedDataset:
     def __post_init__(self):
         k = len(self.client_ids)
         if len(self.train) != k or len(self.test) != k:
-            raise DataError(f"{self.name}: train/test index lists must have one entry per client ({k})")
+            raise DataError(
+                f"{self.name}: train/test index lists must have one entry per client ({k})"
+            )
         n = len(self.x)
         for split in (self.train, self.test):
             if len(split.flat) and (split.flat.min() < 0 or split.flat.max() >= n):
