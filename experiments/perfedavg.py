@@ -2,9 +2,9 @@
 
     python experiments/perfedavg.py --clients 20
 
-runs on the embedded default (10,000 real MNIST digits shipped with jaxpfl, Dirichlet(0.5) over
-100 writers-like clients, 20 held out) in a few minutes on a 2-core CPU. Presets reproduce the
-reference settings of ALGORITHMS.md §9 where the data is available:
+runs on the embedded default (10,000 real MNIST digits shipped with jaxpfl, Dirichlet(0.1)
+label skew over 50 clients, 10 held out) in a few minutes on a 2-core CPU. Presets reproduce
+the reference settings of ALGORITHMS.md §9 where the data is available:
 
     python experiments/perfedavg.py --preset jiang_emnist --data-dir ~/.keras/datasets --clients 20
     python experiments/perfedavg.py --preset kt_pfa_femnist --data-dir leaf/data/femnist/data
@@ -49,12 +49,12 @@ PRESETS: dict[str, dict] = {
     "default": dict(
         dataset="mnist_embedded",
         partition="dirichlet",
-        alpha=0.5,
-        num_clients=100,
+        alpha=0.1,
+        num_clients=50,
         holdout_frac=0.2,
         train_frac=0.8,
         model="cnn",
-        rounds=40,
+        rounds=30,
         local_epochs=2,
         reptile_rounds=20,
         eval_every=5,
