@@ -95,12 +95,12 @@ def _scan(step_fn: StepFn, carry, consts, data, schedule, key, step_ids, unroll)
     return carry, stats
 
 
-@functools.partial(jax.jit, static_argnames=("step_fn", "size"))
-def _block(step_fn: StepFn, carry, stats, consts, data, schedule, key, start, size):
+@functools.partial(jax.jit, static_argnames=("step_fn", "size", "masked"))
+def _block(step_fn: StepFn, carry, stats, consts, data, schedule, key, start, size, masked):
     """Steps ``start .. start+size-1`` of ``schedule``, unrolled in Python: no loop construct
     reaches XLA (on CPU a convolution inside a while loop, even a one-trip one, runs several
     times slower, measured)."""
-    body = _masked_body(step_fn, consts, data, key)
+    body = _masked_body(step_fn, consts, data, key, masked)
     c = (carry, stats)
     for j in range(size):
         step = start + j
@@ -108,7 +108,7 @@ def _block(step_fn: StepFn, carry, stats, consts, data, schedule, key, start, si
     return c
 
 
-def _masked_body(step_fn: StepFn, consts, data, key):
+def _masked_body(step_fn: StepFn, consts, data, key, masked: bool = True):
     def body(c, inp):
         carry, stats = c
         pos, valid, j = inp
@@ -116,7 +116,7 @@ def _masked_body(step_fn: StepFn, consts, data, key):
             carry, consts, gather_batch(data, pos, valid), jax.random.fold_in(key, j)
         )
         active = jnp.any(valid)
-        carry = tree_where(active, new, carry)
+        carry = tree_where(active, new, carry) if masked else new
         stats = StepStats(
             stats.loss_sum + jnp.where(active, loss, 0.0), stats.steps + active.astype(jnp.int32)
         )
@@ -158,7 +158,10 @@ def local_steps(
     for start in range(0, num, block):
         if active[start : start + block].any():
             size = min(block, num - start)
-            carry, stats = _block(step_fn, carry, stats, consts, data, sched, key, start, size)
+            masked = not bool(active[start : start + size].all())  # all active: no select
+            carry, stats = _block(
+                step_fn, carry, stats, consts, data, sched, key, start, size, masked
+            )
     return carry, stats
 
 
