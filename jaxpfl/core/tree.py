@@ -14,17 +14,14 @@ import jax.numpy as jnp
 PyTree = Any
 
 
-def _expand(w: jax.Array, leaf: jax.Array) -> jax.Array:
-    """Reshape a ``[M]`` vector to broadcast against a ``[M, ...]`` leaf (explicit rank)."""
-    return jnp.reshape(w, w.shape + (1,) * (leaf.ndim - 1)).astype(leaf.dtype)
-
-
 @jax.jit
 def weighted_mean(tree: PyTree, weights: jax.Array) -> PyTree:
     r"""Σ_k p_k x_k over the leading axis, with p = weights / Σ weights (zeros if Σ = 0)."""
     total = jnp.sum(weights)
     p = jnp.where(total > 0, weights / jnp.where(total > 0, total, 1.0), 0.0)
-    return jax.tree.map(lambda a: jnp.sum(_expand(p, a) * a, axis=0), tree)
+    # A contraction, not sum(p * a): XLA:CPU turns the broadcast-multiply-reduce into a fusion
+    # ~1000x slower than tensordot on [M, 1024, 512] leaves (measured, bench_engine.py).
+    return jax.tree.map(lambda a: jnp.tensordot(p.astype(a.dtype), a, axes=1), tree)
 
 
 @jax.jit
