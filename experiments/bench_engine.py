@@ -59,6 +59,7 @@ def _set_cpu_devices(argv: list[str]) -> None:
 if __name__ == "__main__":
     _set_cpu_devices(sys.argv[1:])
 
+import abc  # noqa: E402
 import argparse  # noqa: E402
 import dataclasses  # noqa: E402
 import datetime  # noqa: E402
@@ -177,7 +178,7 @@ def weighted_loss(losses: np.ndarray, steps: np.ndarray) -> float:
     return float(np.sum(np.asarray(losses, np.float64) * steps) / max(steps.sum(), 1.0))
 
 
-class Runner:
+class Runner(abc.ABC):
     """Base: ``round(t)`` trains one round; ``compile_seconds`` is set where measured apart."""
 
     label: str
@@ -185,8 +186,9 @@ class Runner:
     compile_seconds: float | None = None
     padded_steps: int | None = None  # steps computed including masked ones (jitted strategies)
 
+    @abc.abstractmethod
     def round(self, t: int) -> RoundLog:
-        raise NotImplementedError
+        """Train one round and time it."""
 
 
 class EngineRunner(Runner):
