@@ -17,10 +17,12 @@ from jaxpfl.core import (
     Algorithm,
     Batch,
     ClientData,
+    ClientEvaluator,
     Counts,
     ExecOptions,
     RoundInputs,
     Schedule,
+    Splits,
     State,
     StepStats,
     Strategy,
@@ -30,32 +32,29 @@ from jaxpfl.core import (
     derive,
     epoch_schedule,
     evaluate_global,
+    evaluate_personal,
+    group_steps,
     local_steps,
     local_train,
     make_round,
     map_clients,
     mapped,
     masked_cross_entropy,
+    round_inputs,
     sgd_step,
     stream_schedule,
     summarize,
     weighted_mean,
 )
-from jaxpfl.data import ClientIndex, DataError, FederatedDataset, RawData
-from jaxpfl.data.federate import PARTITIONS, federate, support_query
+from jaxpfl.data import ClientIndex, FederatedDataset, RawData
+from jaxpfl.data.federate import PARTITIONS, federate, split_val, support_query
+from jaxpfl.data.rotated import fedora_rotated, load_rotated, rotate, save_rotated
 from jaxpfl.data.sources import SOURCES, load_raw
 from jaxpfl.data.store import load_partition, save_partition
+from jaxpfl.errors import ConfigError, DataError, JaxpflError, RunError
 from jaxpfl.models import MODELS, Model, count_params, get_model
-from jaxpfl.run import (
-    ClientEvaluator,
-    Phase,
-    RunConfig,
-    RunError,
-    plot_curves,
-    round_inputs,
-    run,
-    sample_clients,
-)
+from jaxpfl.run import Phase, RunConfig, plot_curves, sample_clients
+from jaxpfl.run import run as simulate  # ``jaxpfl.run`` stays the driver module
 
 __version__ = "0.1.0"
 
@@ -69,11 +68,13 @@ __all__ = [
     "ClientData",
     "ClientEvaluator",
     "ClientIndex",
+    "ConfigError",
     "Counts",
     "DataError",
     "ExecOptions",
     "FedAvgConfig",
     "FederatedDataset",
+    "JaxpflError",
     "Model",
     "PersonalizedFedAvgConfig",
     "Phase",
@@ -82,6 +83,7 @@ __all__ = [
     "RunConfig",
     "RunError",
     "Schedule",
+    "Splits",
     "State",
     "StepStats",
     "Strategy",
@@ -92,9 +94,13 @@ __all__ = [
     "derive",
     "epoch_schedule",
     "evaluate_global",
+    "evaluate_personal",
+    "fedora_rotated",
     "federate",
     "fedavg",
     "get_model",
+    "group_steps",
+    "load_rotated",
     "load_partition",
     "load_raw",
     "local_steps",
@@ -106,12 +112,15 @@ __all__ = [
     "personalize",
     "personalized_fedavg",
     "plot_curves",
+    "rotate",
     "round_inputs",
-    "run",
     "sample_clients",
     "save_partition",
+    "save_rotated",
     "server_optimizer",
     "sgd_step",
+    "simulate",
+    "split_val",
     "stream_schedule",
     "summarize",
     "support_query",

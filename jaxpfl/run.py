@@ -12,6 +12,7 @@ import hashlib
 import json
 import math
 import os
+import shutil
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -21,60 +22,97 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxpfl.core import keys as K
+from jaxpfl.core.buckets import Splits
 from jaxpfl.core.engine import (
     Algorithm,
-    RoundInputs,
     State,
     Strategy,
+    default_strategy,
     make_round,
-    mapped,
-    place_inputs,
+    place_rows,
 )
-from jaxpfl.core.train import ClientData
+from jaxpfl.core.evaluators import ClientEvaluator
+from jaxpfl.core.rounds import phase_plan, round_inputs, stage_groups
 from jaxpfl.core.tree import all_finite
-from jaxpfl.data.dataset import ClientIndex, FederatedDataset
+from jaxpfl.data.dataset import FederatedDataset
+from jaxpfl.errors import ConfigError, RunError
 
 PyTree = Any
 
 
-class RunError(RuntimeError):
-    """A run cannot continue (non-finite values, incompatible resume); one-line message."""
-
-
 @dataclasses.dataclass(frozen=True)
 class Phase:
-    """``rounds`` rounds of ``algorithm``; the next phase starts from this one's global model."""
+    """``rounds`` rounds of ``algorithm``; the next phase starts from this one's global model.
+
+    ``clients_per_round``: a count (int ≥ 1) or a participation fraction C (float in (0, 1]).
+    """
 
     name: str
     algorithm: Algorithm
     rounds: int
-    clients_per_round: int | float = 1.0  # count (int ≥ 1) or participation fraction C
+    clients_per_round: int | float = 1.0
+
+    def __post_init__(self):
+        if self.rounds < 0:
+            raise ConfigError(f"phase '{self.name}': rounds must be >= 0 (got {self.rounds})")
 
 
 @dataclasses.dataclass(frozen=True)
 class RunConfig:
+    """How a run is driven (never what an algorithm computes).
+
+    Attributes:
+      seed: root of every key (init, sampling, data order, dropout, evaluation).
+      eval_every: evaluate after every this many rounds (and after the last).
+      out: directory for metrics.jsonl, summary.json and checkpoints (None: nothing written).
+      checkpoint_every: also checkpoint every this many rounds (0: off).
+      checkpoint_minutes: checkpoint when this many minutes passed since the last one (0: off);
+        a checkpoint is always written after the last round and at phase boundaries.
+      resume: continue from the latest checkpoint in ``out`` (an error when there is none).
+      overwrite: a fresh run into a non-empty ``out`` clears it (otherwise it is refused).
+      progress: show a progress bar.
+      strategy: how clients are mapped; None = ``default_strategy()`` for the backend.
+      config_for_hash: a JSON description of the experiment; resume refuses another one.
+    """
+
     seed: int = 0
     eval_every: int = 1
     out: str | None = None
-    checkpoint_every: int = 0  # 0: only at the end (when out is set)
+    checkpoint_every: int = 0
+    checkpoint_minutes: float = 5.0
     resume: bool = False
+    overwrite: bool = False
     progress: bool = True
-    strategy: Strategy = Strategy()
-    config_for_hash: str = ""  # a JSON description of the experiment (resume refuses another)
+    strategy: Strategy | None = None
+    config_for_hash: str = ""
+
+    def __post_init__(self):
+        if self.eval_every < 1:
+            raise ConfigError(f"eval_every must be >= 1 (got {self.eval_every}); "
+                              "use a large value to evaluate only at the end")
+        if self.checkpoint_every < 0 or self.checkpoint_minutes < 0:
+            raise ConfigError("checkpoint_every and checkpoint_minutes must be >= 0")
+        if self.resume and self.overwrite:
+            raise ConfigError("resume and overwrite exclude each other")
 
 
-EvalFn = Callable[[State, int, bool], dict[str, float]]
+EvalFn = Callable[[State, int, bool], dict[str, Any]]
 
 
 def clients_per_round(spec: int | float, num: int) -> int:
-    """M = max(1, ⌊C·K⌋) for a fraction C ≤ 1 given as float, else the count itself (≤ K)."""
-    if isinstance(spec, float) and spec <= 1.0:
-        if spec <= 0:
-            raise ValueError("clients per round must be > 0")
+    """M = max(1, ⌊C·K⌋) for a fraction C in (0, 1] given as float, else the count (≤ K)."""
+    if isinstance(spec, bool) or not isinstance(spec, int | float | np.integer | np.floating):
+        raise ConfigError(f"clients per round must be a count or a fraction (got {spec!r})")
+    if isinstance(spec, float | np.floating):
+        if not 0 < spec <= 1.0:
+            raise ConfigError(
+                f"participation fraction {spec} is not in (0, 1]; give a count of clients "
+                "per round as an integer"
+            )
         return max(1, math.floor(spec * num))
     m = int(spec)
     if m < 1 or m > num:
-        raise ValueError(
+        raise ConfigError(
             f"clients per round {m} is not in [1, {num}] (the number of training clients); "
             "lower --clients"
         )
@@ -87,83 +125,6 @@ def sample_clients(root: jax.Array, t: int, pool: np.ndarray, m: int) -> np.ndar
         return np.asarray(pool)
     pick = jax.random.choice(K.derive(root, K.SELECT, t), len(pool), (m,), replace=False)
     return np.asarray(pool)[np.asarray(pick)]
-
-
-def _bucket_width(max_sel: int, global_width: int) -> int:
-    """Index-row width for a round: the selected maximum rounded up to 1/8 of the global one
-    (at most 8 compiled shapes, at most 12.5% extra masked steps)."""
-    q = max(1, -(-global_width // 8))
-    return int(min(global_width, max(1, -(-max_sel // q) * q)))
-
-
-def round_inputs(ds: FederatedDataset, ids: np.ndarray, multiple: int) -> RoundInputs:
-    """Padded training index rows of the selected clients; padded to a multiple of clients."""
-    global_width = int(max(1, ds.train.sizes.max(initial=0)))
-    width = _bucket_width(int(ds.train.sizes[ids].max(initial=0)), global_width)
-    idx, n = ds.train.padded(ids, width)
-    pad = (-len(ids)) % multiple
-    mask = np.ones(len(ids) + pad, np.float32)
-    if pad:
-        mask[len(ids) :] = 0
-        ids = np.concatenate([ids, np.full(pad, ds.num_clients, ids.dtype)])
-        idx = np.concatenate([idx, np.zeros((pad, width), idx.dtype)])
-        n = np.concatenate([n, np.zeros(pad, n.dtype)])
-    return RoundInputs(ids.astype(np.int32), idx, n, mask)
-
-
-class ClientEvaluator:
-    """Maps a one-client evaluation ``fn(params, support, query, key)`` over clients.
-
-    ``support`` and ``query`` are per-client index lists (e.g. an evaluation client's own
-    train/test split); rows are padded to the widest client once, so every call with the same
-    number of clients reuses one compilation. Returns numpy outputs for the real rows only.
-    """
-
-    def __init__(
-        self,
-        fn: Callable,
-        x: jax.Array,
-        y: jax.Array,
-        support: Sequence[np.ndarray],
-        query: Sequence[np.ndarray],
-        strategy: Strategy,
-    ):
-        self.x, self.y, self.strategy = x, y, strategy
-        self.support = ClientIndex.from_lists(list(support))
-        self.query = ClientIndex.from_lists(list(query))
-        self.widths = (
-            int(max(1, self.support.sizes.max(initial=1))),
-            int(max(1, self.query.sizes.max(initial=1))),
-        )
-
-        def one(shared, pc):
-            params, xs, ys = shared
-            s_idx, s_n, q_idx, q_n, key = pc
-            sup = ClientData(s_idx, s_n, xs, ys, exec=strategy.exec)
-            qry = ClientData(q_idx, q_n, xs, ys, exec=strategy.exec)
-            return fn(params, sup, qry, key)
-
-        self._call = mapped(one, strategy)
-
-    def __call__(self, params: PyTree, rows: np.ndarray, keys: jax.Array):
-        rows = np.asarray(rows, np.int64)
-        m = len(rows)
-        pad = (-m) % self.strategy.client_multiple
-        rows_p = np.concatenate([rows, np.repeat(rows[:1], pad)])
-        s_idx, s_n = self.support.padded(rows_p, self.widths[0])
-        q_idx, q_n = self.query.padded(rows_p, self.widths[1])
-        keys = jnp.concatenate([keys, jnp.repeat(keys[:1], pad, axis=0)]) if pad else keys
-        per_client = (s_idx, s_n, q_idx, q_n, keys)
-        if self.strategy.name == "sharded":
-            from jax.sharding import NamedSharding
-            from jax.sharding import PartitionSpec as P
-
-            sh = NamedSharding(self.strategy.mesh(), P("clients"))
-            per_client = jax.tree.map(lambda a: jax.device_put(jnp.asarray(a), sh), per_client)
-        else:
-            per_client = jax.tree.map(jnp.asarray, per_client)
-        out = self._call((params, self.x, self.y), per_client)
-        return jax.tree.map(lambda a: np.asarray(a)[:m], out)
 
 
 def _phase_at(phases: Sequence[Phase], t: int) -> tuple[int, int]:
@@ -209,13 +170,49 @@ class _Checkpoints:
     def save(self, t: int, state: State) -> None:
         self.manager.save(t, args=self.ocp.args.StandardSave({"state": state}))
         self.manager.wait_until_finished()
-        with open(self.meta_path, "w") as f:
+        tmp = self.meta_path + ".tmp"
+        with open(tmp, "w") as f:
             json.dump({"config_hash": self.hash, "round": t}, f)
+        os.replace(tmp, self.meta_path)
 
     def restore(self, t: int, like: State) -> State:
         abstract = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype), {"state": like})
         got = self.manager.restore(t, args=self.ocp.args.StandardRestore(abstract))
         return got["state"]
+
+
+def _prepare_out(config: RunConfig) -> None:
+    """A fresh run needs an empty ``out`` (or ``overwrite``); a resume needs a checkpoint."""
+    out = config.out
+    if config.resume:
+        if not os.path.exists(os.path.join(out, "checkpoints.json")):
+            raise RunError(f"--resume: no checkpoint in {out}; run without --resume to start")
+        return
+    if os.path.isdir(out) and os.listdir(out):
+        if not config.overwrite:
+            raise RunError(
+                f"{out} is not empty (an earlier run?); pass --overwrite to replace it, "
+                "--resume to continue it, or choose another --out"
+            )
+        shutil.rmtree(out)
+    os.makedirs(out, exist_ok=True)
+
+
+def _round_means(out, m: int) -> dict[str, float]:
+    """Mean over the M real clients of every scalar client metric, and of every stage
+    metric over all clients (``client_<key>``, ``stage_<key>``)."""
+    rec: dict[str, float] = {}
+    for name, v in out.metrics.items():
+        v = np.asarray(v)[:m]
+        if v.ndim == 1 and v.size:
+            rec[f"client_{name}"] = float(np.mean(v))
+    for name, v in out.stage.items():
+        v = np.asarray(v)
+        if v.ndim == 1 and v.size:
+            rec[f"stage_{name}"] = float(np.mean(v))
+            if v.dtype != np.float32 and v.dtype != np.float64:
+                rec[f"stage_{name}_max"] = float(np.max(v))
+    return rec
 
 
 def run(
@@ -226,49 +223,71 @@ def run(
     config: RunConfig = RunConfig(),
     pool: tuple[jax.Array, jax.Array] | None = None,
 ) -> dict[str, Any]:
-    """Run all phases; returns ``{"history": [...], "summary": {...}}``.
+    """Run all phases; returns ``{"history": [...], "summary": {...}, "state": State}``.
 
     ``init_params(key)`` gives w_0; ``evaluate(state, t, final)`` returns metrics after t
-    rounds (``final`` on the last call). With ``config.out`` set, writes ``metrics.jsonl``,
-    ``summary.json`` and checkpoints there. ``pool``: the dataset's (x, y) already on device.
+    rounds (``final`` on the last call; a record with ``subsampled: True`` is logged but not
+    used for ``best``). With ``config.out`` set, writes ``metrics.jsonl``, ``summary.json``
+    and checkpoints there. ``pool``: the dataset's (x, y) already on device. Every record
+    also holds the last round's client and stage metrics (``client_*``, ``stage_*``) and the
+    useful-step share of the rounds since the previous record.
     """
     from tqdm.auto import tqdm
 
     root = jax.random.key(config.seed)
-    strategy = config.strategy
+    strategy = config.strategy or default_strategy()
     train_pool = np.asarray(dataset.train_clients, np.int64)
     if len(train_pool) == 0:
-        raise ValueError("the dataset has no training clients")
+        raise ConfigError("the dataset has no training clients")
+    for ph in phases[:-1]:
+        if ph.algorithm.global_params is None:
+            raise ConfigError(f"phase '{ph.name}' ({ph.algorithm.name}) has no global model "
+                              "to start the next phase from")
     x, y = pool if pool is not None else (jnp.asarray(dataset.x), jnp.asarray(dataset.y))
     total = sum(p.rounds for p in phases)
     rounds_fns = [make_round(p.algorithm, strategy) for p in phases]
     ms = [clients_per_round(p.clients_per_round, len(train_pool)) for p in phases]
+    splits = Splits.of(dataset)
+    plans: dict[int, Any] = {}
+    stage = None
+    if any(p.algorithm.client_stage is not None for p in phases):
+        stage = place_rows(stage_groups(splits, strategy), strategy)
+
+    def plan_of(i: int):
+        """One grouping per phase, from the envelope of all its rounds' samples."""
+        if i not in plans:
+            start = sum(p.rounds for p in phases[:i])
+            sel = [sample_clients(root, t, train_pool, ms[i])
+                   for t in range(start, start + phases[i].rounds)]
+            if ms[i] == len(train_pool):
+                sel = sel[:1]
+            plans[i] = phase_plan(splits, sel, strategy) if sel else None
+        return plans[i]
 
     def init_phase(i: int, params: PyTree) -> State:
         return phases[i].algorithm.init(K.derive(root, K.INIT, i + 1), params, dataset.num_clients)
 
-    state = init_phase(0, init_params(K.derive(root, K.INIT, 0)))
+    w0 = init_params(K.derive(root, K.INIT, 0))
+    state = init_phase(0, w0)
     t0 = 0
     history: list[dict[str, Any]] = []
     ckpt = None
     metrics_path = None
     if config.out:
-        os.makedirs(config.out, exist_ok=True)
+        _prepare_out(config)
         metrics_path = os.path.join(config.out, "metrics.jsonl")
         ckpt = _Checkpoints(config.out, config.config_for_hash)
-        latest = ckpt.latest() if config.resume else None
-        if config.resume and latest is not None:
-            t0 = latest
+        if config.resume:
+            t0 = ckpt.latest()
+            if t0 is None:
+                raise RunError(f"--resume: no checkpoint in {config.out}")
             i, _ = _phase_at(phases, max(t0 - 1, 0))  # the phase that wrote the checkpoint
-            like = init_phase(i, phases[0].algorithm.global_params(state.server))
-            state = ckpt.restore(t0, like)
+            state = ckpt.restore(t0, init_phase(i, w0))
             if os.path.exists(metrics_path):
                 with open(metrics_path) as f:
                     history = [r for r in map(json.loads, f) if r["round"] <= t0]
-                with open(metrics_path, "w") as f:
-                    f.writelines(json.dumps(r) + "\n" for r in history)
-        elif os.path.exists(metrics_path):
-            os.remove(metrics_path)
+            with open(metrics_path, "w") as f:  # each round exactly once
+                f.writelines(json.dumps(r) + "\n" for r in history)
 
     def log(rec: dict[str, Any]) -> None:
         history.append(rec)
@@ -276,10 +295,17 @@ def run(
             with open(metrics_path, "a") as f:
                 f.write(json.dumps(rec) + "\n")
 
+    steps_acc = [0.0, 0.0]
+    last_round: dict[str, float] = {}
+
     def do_eval(t: int, final: bool) -> dict[str, Any]:
         tic = time.perf_counter()
         m = evaluate(state, t, final)
         rec = {"round": t, "phase": phases[_phase_at(phases, max(t - 1, 0))[0]].name, **m}
+        rec.update(last_round)
+        if steps_acc[1]:
+            rec["useful_step_share"] = steps_acc[0] / steps_acc[1]
+        steps_acc[0] = steps_acc[1] = 0.0
         rec["eval_seconds"] = time.perf_counter() - tic
         log(rec)
         return rec
@@ -288,31 +314,46 @@ def run(
         do_eval(0, total == 0)
     bar = tqdm(range(t0, total), initial=t0, total=total, disable=not config.progress, unit="round")
     train_seconds = 0.0
+    last_ckpt = time.monotonic()
     for t in bar:
         i, start = _phase_at(phases, t)
+        alg = phases[i].algorithm
         if t == start and i > 0 and t > 0:
             state = init_phase(i, phases[i - 1].algorithm.global_params(state.server))
         ids = sample_clients(root, t, train_pool, ms[i])
-        inputs = place_inputs(round_inputs(dataset, ids, strategy.client_multiple), strategy)
+        host = round_inputs(splits, ids, strategy, plan_of(i),
+                            stage if alg.client_stage is not None else None)
+        inputs = host._replace(groups=place_rows(host.groups, strategy))
         tic = time.perf_counter()
-        state, cm = rounds_fns[i](state, x, y, inputs, jnp.int32(t), root)
-        loss = np.asarray(cm["train_loss"])[: len(ids)]
+        state, out = rounds_fns[i](state, x, y, inputs, jnp.int32(t), root)
+        loss = np.asarray(out.metrics["train_loss"])[: len(ids)] if "train_loss" in out.metrics \
+            else np.zeros(len(ids))
         train_seconds += time.perf_counter() - tic
         bad = ~np.isfinite(loss)
-        if bad.any() or not bool(all_finite(phases[i].algorithm.global_params(state.server))):
-            who = ids[bad].tolist() if bad.any() else "(server update)"
+        if bad.any() or not bool(all_finite(alg.check_tree(state))):
+            who = np.asarray(out.ids)[: len(ids)][bad].tolist() if bad.any() else "(server update)"
             raise RunError(
                 f"non-finite loss or parameters in round {t} ({phases[i].name}), clients {who}; "
                 "lower the learning rate or check the data"
             )
+        if "steps" in out.metrics and "compiled_steps" in out.metrics:
+            steps_acc[0] += float(np.sum(np.asarray(out.metrics["steps"])[: len(ids)]))
+            steps_acc[1] += float(np.sum(np.asarray(out.metrics["compiled_steps"])))
         done = t + 1
         if done % config.eval_every == 0 or done == total:
+            last_round.clear()
+            last_round.update(_round_means(out, len(ids)))
             rec = do_eval(done, done == total)
             bar.set_postfix({k: f"{v:.4f}" for k, v in rec.items() if _is_headline(k, v)})
+        boundary = done == total or _phase_at(phases, done)[1] == done
         if ckpt and (
-            (config.checkpoint_every and done % config.checkpoint_every == 0) or done == total
+            boundary
+            or (config.checkpoint_every and done % config.checkpoint_every == 0)
+            or (config.checkpoint_minutes
+                and time.monotonic() - last_ckpt >= 60 * config.checkpoint_minutes)
         ):
             ckpt.save(done, state)
+            last_ckpt = time.monotonic()
     bar.close()
     summary = summarize_history(history)
     summary["train_seconds"] = train_seconds
@@ -328,14 +369,25 @@ def _is_headline(k: str, v: Any) -> bool:
 
 
 def summarize_history(history: Sequence[dict[str, Any]]) -> dict[str, Any]:
-    """``final``, ``best`` (max over evaluations) and ``last10_mean`` of every accuracy key."""
+    """``final``, ``best`` (max over evaluations, PFLlib's optimistic number) and
+    ``last10_mean`` of every accuracy key. Records marked ``subsampled`` (evaluated on a
+    sample of the clients) are left out of ``best`` and ``last10_mean``: a max over noisy
+    subsamples is biased upwards; ``best_over`` says how many evaluations were used."""
     out: dict[str, Any] = {}
     if not history:
         return out
     keys = [k for k, v in history[-1].items() if "acc" in k and isinstance(v, float)]
+    full = [r for r in history if not r.get("subsampled", False)] or history[-1:]
     for k in keys:
-        vals = [r[k] for r in history if k in r]
-        out[k] = {"final": vals[-1], "best": max(vals), "last10_mean": float(np.mean(vals[-10:]))}
+        vals = [r[k] for r in full if k in r]
+        if not vals:
+            continue
+        out[k] = {
+            "final": history[-1][k],
+            "best": max(vals),
+            "last10_mean": float(np.mean(vals[-10:])),
+            "best_over": len(vals),
+        }
     return out
 
 
@@ -361,3 +413,18 @@ def plot_curves(
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
+
+
+__all__ = [
+    "ClientEvaluator",
+    "EvalFn",
+    "Phase",
+    "RunConfig",
+    "RunError",
+    "clients_per_round",
+    "plot_curves",
+    "round_inputs",
+    "run",
+    "sample_clients",
+    "summarize_history",
+]

@@ -33,9 +33,9 @@ def run_rounds(cfg, rounds=3, strategy=Strategy("vmap"), clients=None, ds=None):
     x, y = jnp.asarray(ds.x), jnp.asarray(ds.y)
     clients = np.arange(ds.num_clients) if clients is None else np.asarray(clients)
     for t in range(rounds):
-        inputs = place_inputs(round_inputs(ds, clients, strategy.client_multiple), strategy)
-        state, metrics = rnd(state, x, y, inputs, jnp.int32(t), ROOT)
-    return state, metrics
+        inputs = place_inputs(round_inputs(ds, clients, strategy), strategy)
+        state, out = rnd(state, x, y, inputs, jnp.int32(t), ROOT)
+    return state, out.metrics
 
 
 def reference_client(w, ds, k, t, cfg):
@@ -141,7 +141,7 @@ def test_tiny_client_trains_as_if_alone():
     def delta_of_client0(clients):
         """Client 0's message when mapped (vmap) together with ``clients`` in one padded group."""
         state = alg.init(ROOT, _init_params(), 2)
-        inputs = round_inputs(ds, np.asarray(clients), 1)
+        inputs = round_inputs(ds, np.asarray(clients), Strategy("sequential")).groups[0]
 
         def one(idx, n, key):
             data = ClientData(idx, n, x, y)
@@ -149,7 +149,7 @@ def test_tiny_client_trains_as_if_alone():
 
         keys = jnp.stack([derive(ROOT, K.DATA, 0, int(k)) for k in clients])
         _, msg, metrics = jax.jit(jax.vmap(one))(
-            jnp.asarray(inputs.idx), jnp.asarray(inputs.n), keys
+            jnp.asarray(inputs.train_idx), jnp.asarray(inputs.train_n), keys
         )
         return jax.tree.map(lambda a: a[0], msg.delta), np.asarray(metrics["steps"])
 

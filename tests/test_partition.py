@@ -9,7 +9,6 @@ from __future__ import annotations
 import gzip
 import math
 import os
-import time
 
 import numpy as np
 import pytest
@@ -475,12 +474,3 @@ def test_golden_fmnist_pfllib_pat_pairs():
         for j in range(4 * m, 4 * m + 4):
             held = np.unique(y[np.concatenate([train[j], test[j]])]).tolist()
             assert held == [2 * m, 2 * m + 1]
-
-
-def test_dirichlet_is_vectorised():
-    y = synthetic_labels(200_000, 62, seed=0)
-    t = time.perf_counter()
-    parts = P.dirichlet(y, 1000, 0.1, 0, min_size=5)
-    dt = time.perf_counter() - t
-    assert_disjoint(parts, len(y), exact=True)
-    assert dt < 10, f"Dirichlet(0.1) of 200k examples into 1000 clients took {dt:.1f} s"

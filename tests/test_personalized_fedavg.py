@@ -23,7 +23,7 @@ from jaxpfl.core import (
     stream_schedule,
 )
 from jaxpfl.core import keys as K
-from jaxpfl.run import ClientEvaluator, round_inputs
+from jaxpfl.core import ClientEvaluator, Splits, round_inputs
 
 ROOT = jax.random.key(7)
 
@@ -39,7 +39,7 @@ def _reptile_rounds(cfg, rounds, strategy=Strategy("vmap")):
     rnd = make_round(alg, strategy)
     x, y = jnp.asarray(ds.x), jnp.asarray(ds.y)
     for t in range(rounds):
-        inputs = place_inputs(round_inputs(ds, np.arange(6), strategy.client_multiple), strategy)
+        inputs = place_inputs(round_inputs(ds, np.arange(6), strategy), strategy)
         state, _ = rnd(state, x, y, inputs, jnp.int32(t), ROOT)
     return state, ds
 
@@ -96,7 +96,7 @@ def test_reptile_server_sgd1_is_uniform_mean_and_strategies_agree():
     outs = []
     for strategy in [Strategy("vmap"), Strategy("sequential"), Strategy("sharded")]:
         state = alg.init(ROOT, _params(), 6)
-        inputs = place_inputs(round_inputs(ds, np.arange(6), strategy.client_multiple), strategy)
+        inputs = place_inputs(round_inputs(ds, np.arange(6), strategy), strategy)
         state, _ = make_round(alg, strategy)(state, x, y, inputs, jnp.int32(0), ROOT)
         outs.append(state.server.params)
     ref = _np_reptile(cfg, 1, adam=False)
@@ -117,7 +117,7 @@ def test_reptile_k1_is_uniform_fedsgd():
         ),
     )
     state = alg.init(ROOT, _params(), 6)
-    inputs = place_inputs(round_inputs(ds, np.arange(6), 1), Strategy("vmap"))
+    inputs = place_inputs(round_inputs(ds, np.arange(6), Strategy("vmap")), Strategy("vmap"))
     state, _ = make_round(alg, Strategy("vmap"))(
         state, jnp.asarray(ds.x), jnp.asarray(ds.y), inputs, jnp.int32(0), ROOT
     )
@@ -145,8 +145,9 @@ def test_stage_switch_starts_fresh_adam():
 def _evaluator(cfg, strategy, ds):
     support = [ds.train[k] for k in range(6)]
     query = [ds.test[k] for k in range(6)]
+    splits = Splits.from_lists(train=support, test=query)
     return ClientEvaluator(
-        personalize(MODEL, cfg), jnp.asarray(ds.x), jnp.asarray(ds.y), support, query, strategy
+        personalize(MODEL, cfg), jnp.asarray(ds.x), jnp.asarray(ds.y), splits, strategy
     )
 
 
@@ -217,15 +218,15 @@ def test_kt_pfa_message_is_sum_of_adam_step_gradients():
     state = alg.init(ROOT, _params(), 6)
     captured = {}
     x, y = jnp.asarray(ds.x), jnp.asarray(ds.y)
-    inputs = round_inputs(ds, np.array([4]), 1)
+    inputs = round_inputs(ds, np.array([4]), Strategy("sequential")).groups[0]
     from jaxpfl.core import ClientData
 
-    data = ClientData(jnp.asarray(inputs.idx[0]), jnp.asarray(inputs.n[0]), x, y)
+    data = ClientData(jnp.asarray(inputs.train_idx[0]), jnp.asarray(inputs.train_n[0]), x, y)
     key = derive(ROOT, K.DATA, 0, 4)
     _, msg, _ = alg.client_update(state.server, None, data, key)
     captured["g"] = msg.delta
     # NumPy: Adam(β1 = 0, β2 = 0.999) per step over unshuffled epochs; sum raw gradients
-    sched = epoch_schedule(jax.random.fold_in(key, 0), 23, inputs.idx.shape[1], 4, 2, shuffle=False)
+    sched = epoch_schedule(jax.random.fold_in(key, 0), 23, inputs.train_idx.shape[1], 4, 2, shuffle=False)
     w = np_params(_params())
     v = {k: 0.0 for k in w}
     gsum = {k: 0.0 for k in w}

@@ -152,7 +152,7 @@ def test_second_round_does_not_recompile():
     state = alg.init(jax.random.key(0), init_params(jax.random.key(1)), ds.num_clients)
     x, y = jnp.asarray(ds.x), jnp.asarray(ds.y)
     ids = np.arange(6)
-    inputs = place_inputs(round_inputs(ds, ids, 1), Strategy("vmap"))
+    inputs = place_inputs(round_inputs(ds, ids, Strategy("vmap")), Strategy("vmap"))
     state, _ = rnd(state, x, y, inputs, jnp.int32(0), jax.random.key(0))
     before = rnd._cache_size()
     for t in (1, 2):

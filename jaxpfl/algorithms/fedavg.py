@@ -14,6 +14,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from jaxpfl.algorithms.server_optimizers import SERVER_OPTIMIZERS, server_optimizer
 from jaxpfl.core import (
     Algorithm,
     ClientData,
@@ -27,38 +28,33 @@ from jaxpfl.core import (
 from jaxpfl.core.tree import tree_norm, tree_sub
 
 PyTree = Any
-SERVER_OPTIMIZERS = ("fedavg", "fedavgm", "adam", "yogi", "adagrad")
-
-
-def server_optimizer(
-    name: str,
-    lr: float = 1.0,
-    momentum: float = 0.9,
-    b1: float = 0.9,
-    b2: float = 0.99,
-    eps: float = 1e-3,
-) -> optax.GradientTransformation:
-    """The server optimizer applied to the pseudo-gradient g = w − Σ p_k θ_k (§2.1).
-
-    ``fedavg``: sgd(η_s) (η_s = 1 gives w ← Σ p_k θ_k); ``fedavgm``: sgd(η_s, momentum β);
-    ``adam`` / ``yogi`` / ``adagrad``: optax's formulas (FedOpt) with lr η_s and ε = ``eps``.
-    """
-    table = {
-        "fedavg": lambda: optax.sgd(lr),
-        "fedavgm": lambda: optax.sgd(lr, momentum=momentum),
-        "adam": lambda: optax.adam(lr, b1=b1, b2=b2, eps=eps),
-        "yogi": lambda: optax.yogi(lr, b1=b1, b2=b2, eps=eps),
-        "adagrad": lambda: optax.adagrad(lr, eps=eps),
-    }
-    if name not in table:
-        raise ValueError(f"unknown server optimizer '{name}'; choose one of: {', '.join(table)}")
-    return table[name]()
 
 
 @dataclasses.dataclass(frozen=True)
 class FedAvgConfig:
     """Client: E epochs of SGD(η_c, μ_c, wd) with batch B, or, with ``local_steps`` = K set,
-    K steps of the step stream (§1.3; Reptile(K)). Server: ``server_opt`` with η_s."""
+    K steps of the step stream (§1.3; Reptile(K)). Server: ``server_opt`` with η_s.
+
+    The command lines of ``experiments/`` are generated from these fields (``jaxpfl.cli``).
+
+    Attributes:
+      local_epochs: local epochs E per round (>= 0)
+      local_steps: K local steps of the step stream instead of epochs (none: epochs)
+      batch_size: client batch size B (>= 1)
+      client_lr: client SGD learning rate η_c (> 0)
+      client_momentum: client SGD heavy-ball momentum μ_c in [0, 1) (PyTorch SGD; 0: off)
+      weight_decay: client weight decay wd >= 0 (θ ← θ − η_c (∇ℓ + wd θ))
+      drop_last: drop each epoch's short last batch (PFLlib drops it)
+      shuffle: reshuffle each client's examples every epoch
+      server_opt: server optimizer on the pseudo-gradient: fedavg (w ← Σ p_k θ_k at
+        server lr 1), fedavgm (server momentum), adam, yogi, adagrad (optax; FedOpt), ...
+      server_lr: server learning rate η_s (> 0)
+      server_momentum: fedavgm momentum β in [0, 1)
+      server_b1: adaptive server optimizers' β1 in [0, 1)
+      server_b2: adaptive server optimizers' β2 in [0, 1)
+      server_eps: adaptive server optimizers' ε (τ of the Reddi forms), > 0
+      weighted: weight clients by n_k (off: uniform 1/M)
+    """
 
     local_epochs: int = 1
     local_steps: int | None = None
@@ -68,7 +64,9 @@ class FedAvgConfig:
     weight_decay: float = 0.0
     drop_last: bool = False
     shuffle: bool = True
-    server_opt: str = "fedavg"
+    server_opt: str = dataclasses.field(
+        default="fedavg", metadata={"choices": tuple(SERVER_OPTIMIZERS)}
+    )
     server_lr: float = 1.0
     server_momentum: float = 0.9
     server_b1: float = 0.9
@@ -77,20 +75,35 @@ class FedAvgConfig:
     weighted: bool = True
 
     def __post_init__(self):
-        if self.local_epochs < 0 or self.batch_size < 1:
-            raise ValueError("local_epochs must be >= 0 and batch_size >= 1")
-        if self.local_steps is not None and self.local_steps < 0:
-            raise ValueError("local_steps must be >= 0")
-        if not self.client_lr > 0 or not self.server_lr > 0:
-            raise ValueError("client_lr and server_lr must be > 0")
+        from jaxpfl.errors import ConfigError
+
+        def need(ok: bool, name: str, what: str) -> None:
+            if not ok:
+                raise ConfigError(f"{name} must be {what}, got {getattr(self, name)!r}")
+
+        inf = float("inf")
+        need(self.local_epochs >= 0, "local_epochs", ">= 0")
+        need(self.local_steps is None or self.local_steps >= 0, "local_steps", ">= 0 or None")
+        need(self.batch_size >= 1, "batch_size", ">= 1")
+        need(0 < self.client_lr < inf, "client_lr", "> 0")
+        need(0 <= self.client_momentum < 1, "client_momentum", "in [0, 1)")
+        need(0 <= self.weight_decay < inf, "weight_decay", ">= 0")
+        need(0 < self.server_lr < inf, "server_lr", "> 0")
+        need(0 <= self.server_momentum < 1, "server_momentum", "in [0, 1)")
+        need(0 <= self.server_b1 < 1, "server_b1", "in [0, 1)")
+        need(0 <= self.server_b2 < 1, "server_b2", "in [0, 1)")
+        need(0 < self.server_eps < inf, "server_eps", "> 0")
         if self.server_opt not in SERVER_OPTIMIZERS:
-            raise ValueError(
+            raise ConfigError(
                 f"unknown server optimizer '{self.server_opt}'; choose one of: "
                 + ", ".join(SERVER_OPTIMIZERS)
             )
 
 
 class ServerState(NamedTuple):
+    """Attributes: ``params`` w (the global model); ``opt_state`` the server optimizer's
+    state (across rounds); ``round`` rounds applied so far (int32)."""
+
     params: PyTree
     opt_state: PyTree
     round: jax.Array
@@ -131,6 +144,7 @@ def fedavg(model, config: FedAvgConfig = FedAvgConfig()) -> Algorithm:
         return State(ServerState(params, server_tx.init(params), jnp.zeros((), jnp.int32)))
 
     def client_update(server: ServerState, client_state, data: ClientData, key: jax.Array):
+        """One client: θ_k from w over its own schedule; message (Δ_k, n_k)."""
         order_key = jax.random.fold_in(key, 0)
         if config.local_steps is None:
             schedule = epoch_schedule(
@@ -150,17 +164,18 @@ def fedavg(model, config: FedAvgConfig = FedAvgConfig()) -> Algorithm:
             model, client_tx, server.params, data, schedule, jax.random.fold_in(key, 1)
         )
         delta = tree_sub(server.params, theta)
-        metrics = {
-            "train_loss": stats.mean_loss,
-            "steps": stats.steps,
-            "delta_norm": tree_norm(delta),
-        }
+        metrics = {**stats.metrics(), "delta_norm": tree_norm(delta)}
         return client_state, Message(delta, jnp.asarray(data.n, jnp.float32)), metrics
 
-    def server_update(server: ServerState, messages: Message, mask: jax.Array) -> ServerState:
+    def server_update(state: State, messages: Message, ids: jax.Array, mask: jax.Array) -> State:
+        del ids  # unused: stateless clients
+        server = state.server
         weights = messages.n * mask if config.weighted else mask.astype(jnp.float32)
         g = weighted_mean(messages.delta, weights)
         updates, opt_state = server_tx.update(g, server.opt_state, server.params)
-        return ServerState(optax.apply_updates(server.params, updates), opt_state, server.round + 1)
+        new = ServerState(optax.apply_updates(server.params, updates), opt_state, server.round + 1)
+        return State(new, state.clients)
 
-    return Algorithm("fedavg", init, client_update, server_update, lambda s: s.params)
+    return Algorithm(
+        "fedavg", init, client_update, server_update, global_params=lambda s: s.params
+    )

@@ -54,6 +54,29 @@ class PersonalizedFedAvgConfig:
     ``server_lr``/``server_momentum``. Stage 2: ``reptile_rounds`` R2, ``reptile_steps`` K,
     ``reptile_server_lr`` and Adam β/ε. Stage 3: ``personalization_epochs`` P with the
     training client optimizer. ``variant``: ``'paper'`` or ``'kt_pfa'`` (§3.5).
+
+    The command line of ``experiments/perfedavg.py`` is generated from these fields.
+
+    Attributes:
+      rounds: stage-1 FedAvg(E) rounds R1
+      local_epochs: stage-1 local epochs E
+      batch_size: client batch size B (training, Reptile and personalization)
+      client_lr: client SGD learning rate η_c (training, Reptile and personalization)
+      server_lr: stage-1 server SGD learning rate
+      server_momentum: stage-1 server momentum in [0, 1) (kt_pfa drops it, as the reference)
+      reptile_rounds: stage-2 Reptile(K) rounds R2 (0: no stage 2, as Jiang et al. Table 1)
+      reptile_steps: Reptile local steps K of the step stream
+      reptile_server_lr: stage-2 server Adam learning rate
+      reptile_b1: stage-2 server Adam β1 in [0, 1)
+      reptile_b2: stage-2 server Adam β2 in [0, 1)
+      reptile_eps: stage-2 server Adam ε (> 0)
+      personalization_epochs: personalization epochs P of client SGD on each evaluation
+        client's support set
+      shuffle: shuffle client batches (training, Reptile stream, personalization; KT-PFA: off)
+      variant: paper (ALGORITHMS.md §3.1) or kt_pfa (the reference repository, §3.5)
+      kt_client_lr: kt_pfa stage 2: client Adam learning rate
+      kt_epochs: kt_pfa stage 2: client Adam epochs per round
+      kt_server_lr: kt_pfa stage 2: server SGD learning rate
     """
 
     rounds: int = 500
@@ -70,26 +93,38 @@ class PersonalizedFedAvgConfig:
     reptile_eps: float = 1e-8
     personalization_epochs: int = 5
     shuffle: bool = True
-    variant: str = "paper"
+    variant: str = dataclasses.field(default="paper", metadata={"choices": ("paper", "kt_pfa")})
     # kt_pfa stage 2: client Adam for this many epochs, server SGD with this lr
     kt_client_lr: float = 1e-3
     kt_epochs: int = 10
     kt_server_lr: float = 0.01
 
     def __post_init__(self):
+        from jaxpfl.errors import ConfigError
+
         if self.variant not in ("paper", "kt_pfa"):
-            raise ValueError(f"unknown variant '{self.variant}'; choose one of: paper, kt_pfa")
+            raise ConfigError(f"unknown variant '{self.variant}'; choose one of: paper, kt_pfa")
         for name in (
             "rounds",
             "local_epochs",
             "reptile_rounds",
             "reptile_steps",
             "personalization_epochs",
+            "kt_epochs",
         ):
             if getattr(self, name) < 0:
-                raise ValueError(f"{name} must be >= 0")
-        if self.batch_size < 1 or not self.client_lr > 0:
-            raise ValueError("batch_size must be >= 1 and client_lr > 0")
+                raise ConfigError(f"{name} must be >= 0, got {getattr(self, name)!r}")
+        if self.batch_size < 1:
+            raise ConfigError(f"batch_size must be >= 1, got {self.batch_size!r}")
+        inf = float("inf")
+        for name in ("client_lr", "server_lr", "reptile_server_lr", "kt_client_lr", "kt_server_lr"):
+            if not 0 < getattr(self, name) < inf:
+                raise ConfigError(f"{name} must be > 0, got {getattr(self, name)!r}")
+        for name in ("server_momentum", "reptile_b1", "reptile_b2"):
+            if not 0 <= getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be in [0, 1), got {getattr(self, name)!r}")
+        if not 0 < self.reptile_eps < inf:
+            raise ConfigError(f"reptile_eps must be > 0, got {self.reptile_eps!r}")
 
 
 def fedavg_stage(model, config: PersonalizedFedAvgConfig) -> Algorithm:
@@ -166,11 +201,7 @@ def _kt_pfa_reptile(model, config: PersonalizedFedAvgConfig) -> Algorithm:
             schedule,
             jax.random.fold_in(key, 1),
         )
-        metrics = {
-            "train_loss": stats.mean_loss,
-            "steps": stats.steps,
-            "delta_norm": tree_norm(gsum),
-        }
+        metrics = {**stats.metrics(), "delta_norm": tree_norm(gsum)}
         return client_state, Message(gsum, jnp.asarray(data.n, jnp.float32)), metrics
 
     return base._replace(name="kt_pfa_reptile", client_update=client_update)
@@ -201,14 +232,17 @@ def personalized_fedavg(model, config: PersonalizedFedAvgConfig = PersonalizedFe
 def personalize(model, config: PersonalizedFedAvgConfig) -> Callable:
     """Stage 3 for ONE evaluation client (map it over clients with the engine).
 
-    ``fn(params, support, query, key) -> (init Counts, pers Counts [P])``: counts of w on the
-    query set, then of θ after each of P epochs of the training client optimizer (SGD η_c, B,
-    shuffled, train mode) on the support set. ``params`` (w) is never modified.
+    ``fn(params, data, key) -> (init Counts, pers Counts [P])``: counts of w on the query set
+    (the client's test row), then of θ after each of P epochs of the training client optimizer
+    (SGD η_c, B, shuffled, train mode) on the support set (its train row). ``params`` (w) is
+    never modified. Map it with ``ClientEvaluator(fn, x, y, Splits.from_lists(train=support,
+    test=query), strategy)``.
     """
     tx = client_sgd(config.client_lr)
     step = sgd_step(model, tx)
 
-    def fn(params: PyTree, support: ClientData, query: ClientData, key: jax.Array):
+    def fn(params: PyTree, data: ClientData, key: jax.Array):
+        support, query = data, data.split("test")
         init = client_eval(model, params, query)
         carry, curve = (params, tx.init(params)), []
         for e in range(config.personalization_epochs):

@@ -1,9 +1,12 @@
-"""The engine: pytree helpers, schedules, the one local step loop, client mapping, evaluation."""
+"""The engine: pytree helpers, schedules, the one local step loop, client mapping, grouping by
+size, evaluation."""
 
+from jaxpfl.core.buckets import BucketPlan, Rows, Splits, plan_buckets
 from jaxpfl.core.engine import (
     STRATEGIES,
     Algorithm,
     RoundInputs,
+    RoundOutput,
     State,
     Strategy,
     default_strategy,
@@ -11,10 +14,13 @@ from jaxpfl.core.engine import (
     map_clients,
     mapped,
     place_inputs,
+    place_rows,
 )
 from jaxpfl.core.evaluate import Counts, client_eval, evaluate_global, summarize
+from jaxpfl.core.evaluators import ClientEvaluator, evaluate_personal, personal_counts
 from jaxpfl.core.keys import derive
-from jaxpfl.core.schedule import Schedule, epoch_schedule, stream_schedule
+from jaxpfl.core.rounds import phase_plan, round_inputs, stage_groups
+from jaxpfl.core.schedule import Schedule, epoch_schedule, group_steps, stream_schedule
 from jaxpfl.core.train import (
     Batch,
     ClientData,
@@ -33,11 +39,16 @@ __all__ = [
     "STRATEGIES",
     "Algorithm",
     "Batch",
+    "BucketPlan",
     "ClientData",
+    "ClientEvaluator",
     "Counts",
     "ExecOptions",
     "RoundInputs",
+    "RoundOutput",
+    "Rows",
     "Schedule",
+    "Splits",
     "State",
     "StepStats",
     "Strategy",
@@ -47,15 +58,23 @@ __all__ = [
     "derive",
     "epoch_schedule",
     "evaluate_global",
+    "evaluate_personal",
     "gather_batch",
+    "group_steps",
     "local_steps",
     "local_train",
     "make_round",
     "map_clients",
     "mapped",
     "masked_cross_entropy",
+    "personal_counts",
+    "phase_plan",
     "place_inputs",
+    "place_rows",
+    "plan_buckets",
+    "round_inputs",
     "sgd_step",
+    "stage_groups",
     "stream_schedule",
     "summarize",
     "weighted_mean",

@@ -1,9 +1,75 @@
-"""The engine: map one-client functions over clients, and the federated round built on it.
+"""The engine: one-client functions mapped over clients, and the federated round built on them.
 
-An algorithm supplies functions written for ONE client; ``map_clients`` runs them side by side
-with an interchangeable strategy, and ``make_round`` builds the round::
+The contract
+============
+An algorithm is an :class:`Algorithm`: a name and pure functions written for ONE client or
+for the server. A round ``t`` with sampled clients S_t runs::
 
-    gather client state ─▶ map(client_update) ─▶ scatter client state ─▶ server_update
+    for k in S_t (mapped):  c_k, m_k, metrics_k = client_update(server, c_k, data_k, key_tk)
+    scatter c_k into the stacked client state
+    server, clients = server_update(State(server, clients), messages, ids, mask)
+    for EVERY client k (mapped, optional):  c_k, stage_k = client_stage(server, c_k, data_k, key)
+
+Shapes and meanings:
+
+* ``init(key, params, num_clients) -> State``. ``State.server`` is any pytree;
+  ``State.clients`` is ``None`` (stateless clients) or a pytree whose leaves are stacked
+  ``[K, ...]`` over ALL K clients of the dataset (row k belongs to client id k).
+* ``client_update(server, client_state, data, key) -> (client_state, message, metrics)``.
+  ``server`` is the whole server state (unmapped); ``client_state`` is this client's row
+  (or ``None``); ``data`` is a :class:`~jaxpfl.core.train.ClientData` with the client's id,
+  the round, and its train / val / test index rows into the shared pool; ``key`` is
+  ``derive(root, DATA, t, k)``. ``message`` is any pytree; ``metrics`` a dict of scalars.
+* ``server_update(state, messages, ids, mask) -> State``. ``messages`` are stacked ``[R, ...]``
+  in the order clients were sampled (rows past the M real ones are padding); ``ids [R]``
+  their client ids (padding rows: ``num_clients``); ``mask [R]`` is 1.0 for a real client,
+  0.0 for padding — a padding row must have no effect (weight it by the mask).
+  ``state.clients`` is the stacked state of ALL clients after this round's scatter, so
+  cross-client mixing (FEDORA's ŵ = P·Θ) is the algorithm's own code.
+* ``client_stage(server, client_state, data, key) -> (client_state, metrics)`` (optional) is
+  mapped over ALL clients after the server step, with ``key = derive(root, STAGE, t, k)``. It
+  prepares every client for the next round (FedALA's adaptive local aggregation of w_{t+1}).
+* ``global_params(server) -> params`` (optional): the shared model, where there is one; the
+  driver uses it to start the next phase and evaluators use it for global evaluation.
+* ``personal_params(state) -> params [K, ...]`` (optional): each client's own model, for
+  per-client evaluation.
+* ``finite(state) -> pytree`` (optional): what the driver's NaN guard checks after each round;
+  default: ``global_params(server)`` if defined, else the whole state.
+
+Metric keys the driver reads from ``client_update``'s metrics: ``train_loss`` (optional; a
+non-finite value stops the run naming the clients), ``steps`` and ``compiled_steps``
+(optional; their ratio is the useful-step share). Every scalar metric (and every stage
+metric) is logged as its mean over real clients at each evaluation.
+
+Masks: a *padding row* (mask 0, id = num_clients) exists so groups have fixed shapes; its
+outputs are dropped (scatters use ``mode="drop"``). A *masked step* inside the step loop is a
+step whose batch has no valid example; it leaves the carry unchanged.
+
+A toy algorithm (every client moves its scalar state halfway to the server's value; the
+server averages the real clients' new values and writes that average into EVERY client's
+state)::
+
+    >>> import jax, jax.numpy as jnp, numpy as np
+    >>> from jaxpfl.core import Algorithm, Splits, State, Strategy, make_round, round_inputs
+    >>> def init(key, params, k):
+    ...     return State(params, jnp.arange(k, dtype=jnp.float32))
+    >>> def client_update(server, c, data, key):
+    ...     c = c + 0.5 * (server - c)
+    ...     return c, c, {"train_loss": c, "id": data.id}
+    >>> def server_update(state, msgs, ids, mask):
+    ...     w = jnp.sum(msgs * mask) / jnp.sum(mask)
+    ...     return State(w, jnp.full_like(state.clients, w))
+    >>> toy = Algorithm("toy", init, client_update, server_update, global_params=lambda s: s)
+    >>> splits = Splits.from_lists(train=[[0], [1, 2], [3, 4, 5]])  # 3 clients' index rows
+    >>> x, y = jnp.zeros((6, 1, 1, 1), jnp.uint8), jnp.zeros(6, jnp.int32)
+    >>> strategy = Strategy("vmap")
+    >>> state = toy.init(None, jnp.float32(10.0), 3)
+    >>> inputs = round_inputs(splits, np.array([2, 0]), strategy)  # clients 2 and 0 sampled
+    >>> state, out = make_round(toy, strategy)(state, x, y, inputs, 0, jax.random.key(0))
+    >>> float(state.server), state.clients.tolist()  # ((2+10)/2 + (0+10)/2) / 2
+    (5.5, [5.5, 5.5, 5.5])
+    >>> out.ids.tolist(), out.metrics["train_loss"].tolist()  # in sampled order
+    ([2, 0], [6.0, 5.0])
 
 Strategies (results agree to float tolerance; none changes what is computed):
   ``vmap``       one jitted round, clients batched with ``jax.vmap`` (accelerators).
@@ -14,6 +80,8 @@ Strategies (results agree to float tolerance; none changes what is computed):
   ``sharded``    one jitted round with the client axis on a ``Mesh`` axis named ``clients``
                  (``jax.shard_map`` over devices, vmap within a device); the weighted mean of
                  the messages becomes an all-reduce.
+The jitted strategies group a call's clients by size into at most ``buckets`` groups
+(``jaxpfl.core.buckets``), each padded only to its own widest client.
 """
 
 from __future__ import annotations
@@ -28,52 +96,73 @@ from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from jaxpfl.core import keys as K
+from jaxpfl.core.buckets import Rows
 from jaxpfl.core.train import ClientData, ExecOptions
 from jaxpfl.core.tree import gather_rows, stack, unstack
+from jaxpfl.errors import ConfigError
 
 PyTree = Any
 STRATEGIES = ("vmap", "chunked", "sequential", "sharded")
 
 
 class State(NamedTuple):
-    """Algorithm state: ``server`` (shared) and ``clients`` (stacked ``[K, ...]`` or None)."""
+    """Algorithm state.
+
+    Attributes:
+      server: the server's pytree (global model, optimizer state, round, ...), written by
+        ``server_update``.
+      clients: ``None`` or a pytree of ``[K, ...]`` leaves, row k = client k's persistent
+        state; written by ``client_update`` (sampled rows), ``server_update`` and
+        ``client_stage`` (all rows).
+    """
 
     server: PyTree
     clients: PyTree = None
 
 
 class Algorithm(NamedTuple):
-    """A federated algorithm as a small named tuple of pure functions.
-
-    init(key, params, num_clients) -> State
-    client_update(server, client_state, data: ClientData, key) -> (client_state, message, metrics)
-    server_update(server, messages [M, ...], mask [M]) -> server
-    global_params(server) -> params of the shared model (for evaluation and phase switches)
-    """
+    """A federated algorithm as a small named tuple of pure functions (see the module
+    docstring for every function's shapes and what the driver reads)."""
 
     name: str
-    init: Callable
-    client_update: Callable
-    server_update: Callable
-    global_params: Callable
+    init: Callable[[jax.Array, PyTree, int], State]
+    client_update: Callable[..., tuple[PyTree, PyTree, dict]]
+    server_update: Callable[[State, PyTree, jax.Array, jax.Array], State]
+    global_params: Callable[[PyTree], PyTree] | None = None
+    client_stage: Callable[..., tuple[PyTree, dict]] | None = None
+    personal_params: Callable[[State], PyTree] | None = None
+    finite: Callable[[State], PyTree] | None = None
+
+    def check_tree(self, state: State) -> PyTree:
+        """What the NaN guard checks (``finite``, else the global model, else everything)."""
+        if self.finite is not None:
+            return self.finite(state)
+        if self.global_params is not None:
+            return self.global_params(state.server)
+        return state
 
 
 @dataclasses.dataclass(frozen=True)
 class Strategy:
-    """How clients are mapped; see the module docstring. ``devices`` for ``sharded``."""
+    """How clients are mapped (module docstring). ``chunk_size`` for ``chunked``,
+    ``num_devices`` for ``sharded``, ``buckets``: at most this many size groups per mapped
+    call on the jitted strategies (1 = one group padded to the widest client)."""
 
     name: str = "vmap"
     chunk_size: int = 8
     exec: ExecOptions = ExecOptions()
     num_devices: int | None = None
+    buckets: int = 6
 
     def __post_init__(self):
         if self.name not in STRATEGIES:
-            raise ValueError(
+            raise ConfigError(
                 f"unknown strategy '{self.name}'; choose one of: {', '.join(STRATEGIES)}"
             )
         if self.chunk_size < 1:
-            raise ValueError("chunk_size must be >= 1")
+            raise ConfigError("chunk_size must be >= 1")
+        if self.buckets < 1:
+            raise ConfigError("buckets must be >= 1")
 
     @property
     def jitted(self) -> bool:
@@ -85,14 +174,15 @@ class Strategy:
 
     @property
     def client_multiple(self) -> int:
-        """The client count per round must be a multiple of this (padding fills the rest)."""
+        """Rows of every group must be a multiple of this (padding fills the rest)."""
         if self.name == "sharded":
             return self.num_devices or len(jax.devices())
         return 1
 
 
 def default_strategy(backend: str | None = None) -> Strategy:
-    """Fastest measured strategy per backend (experiments/bench_engine.py)."""
+    """Fastest measured strategy per backend (experiments/bench_engine.py): ``sequential``
+    with one step per dispatch on CPU, ``vmap`` elsewhere."""
     backend = backend or jax.default_backend()
     if backend == "cpu":
         return Strategy("sequential", exec=ExecOptions(unroll=1, step_block=1))
@@ -110,15 +200,15 @@ def map_clients(fn: Callable, shared: PyTree, per_client: PyTree, strategy: Stra
         m = jax.tree.leaves(per_client)[0].shape[0]
         return stack([fn(shared, pc) for pc in unstack(per_client, m)])
     if name == "sharded":
-        mapped = jax.shard_map(
+        mapped_fn = jax.shard_map(
             jax.vmap(fn, in_axes=(None, 0)),
             mesh=strategy.mesh(),
             in_specs=(P(), P("clients")),
             out_specs=P("clients"),
             check_vma=False,  # the client loop's carry starts replicated and becomes per-client
         )
-        return mapped(shared, per_client)
-    raise ValueError(f"unknown strategy '{name}'")
+        return mapped_fn(shared, per_client)
+    raise ConfigError(f"unknown strategy '{name}'")
 
 
 def mapped(fn: Callable, strategy: Strategy) -> Callable:
@@ -131,71 +221,178 @@ def mapped(fn: Callable, strategy: Strategy) -> Callable:
 
 
 class RoundInputs(NamedTuple):
-    """Per-round inputs: client ids ``[M]`` (padding rows use id = num_clients), their padded
-    training index rows ``[M, W]``, sizes ``[M]``, and ``mask [M]`` (1 real, 0 padding)."""
+    """Per-round inputs (built by ``jaxpfl.core.rounds.round_inputs``).
 
+    Attributes:
+      groups: the sampled clients as size groups of :class:`Rows`.
+      perm: ``[R] int32``: row r of the round's outputs (sampled order: the M real clients
+        first, then padding) is row ``perm[r]`` of the concatenated groups.
+      stage: all clients as groups of Rows, for ``client_stage`` (``None`` when the algorithm
+        has no stage).
+    """
+
+    groups: tuple[Rows, ...]
+    perm: jax.Array
+    stage: tuple[Rows, ...] | None = None
+
+    @property
+    def ids(self) -> jax.Array:
+        """Client ids in sampled order (padding rows last)."""
+        return jnp.concatenate([jnp.asarray(g.ids) for g in self.groups])[jnp.asarray(self.perm)]
+
+    @property
+    def mask(self) -> jax.Array:
+        return jnp.concatenate([jnp.asarray(g.mask) for g in self.groups])[jnp.asarray(self.perm)]
+
+
+class RoundOutput(NamedTuple):
+    """What a round returns besides the new state.
+
+    Attributes:
+      metrics: dict of ``[R]`` arrays, rows in sampled order (the M real clients first).
+      ids, mask: ``[R]`` client ids and the real-client mask in the same order.
+      stage: dict of ``[K]`` arrays (client id order) from ``client_stage``, or ``{}``.
+    """
+
+    metrics: dict
     ids: jax.Array
-    idx: jax.Array
-    n: jax.Array
     mask: jax.Array
+    stage: dict
 
 
 class _PerClient(NamedTuple):
-    idx: jax.Array
-    n: jax.Array
+    rows: Rows
     state: PyTree
     key: jax.Array
 
 
+def _client_data(rows: Rows, x, y, t, exec_: ExecOptions) -> ClientData:
+    return ClientData(
+        rows.train_idx, rows.train_n, x, y, rows.val_idx, rows.val_n, rows.test_idx,
+        rows.test_n, rows.ids, t, exec=exec_,
+    )
+
+
+def _concat(trees: list[PyTree]) -> PyTree:
+    return jax.tree.map(lambda *a: jnp.concatenate(a), *trees)
+
+
+def _scatter(clients: PyTree, ids: jax.Array, mask: jax.Array, values: PyTree) -> PyTree:
+    ids = jnp.where(mask > 0, ids, jnp.iinfo(jnp.int32).max)  # padding rows are dropped
+    return jax.tree.map(lambda a, v: a.at[ids].set(v.astype(a.dtype), mode="drop"), clients,
+                        values)
+
+
+def map_groups(
+    fn: Callable, shared: PyTree, groups: tuple[Rows, ...], clients: PyTree, keys_of: Callable,
+    strategy: Strategy,
+) -> list[PyTree]:
+    """``fn(shared, _PerClient)`` mapped over each group; returns one output per group."""
+    outs = []
+    for g in groups:
+        cstate = None if clients is None else gather_rows(clients, g.ids)
+        outs.append(map_clients(fn, shared, _PerClient(g, cstate, keys_of(g.ids)), strategy))
+    return outs
+
+
 def make_round(algorithm: Algorithm, strategy: Strategy) -> Callable:
-    """``round(state, x, y, inputs, round_index, root_key) -> (state, client_metrics)``.
+    """``round(state, x, y, inputs, t, root) -> (state, RoundOutput)``.
 
-    Client k in round t draws its data order and dropout from ``derive(root, DATA, t, k)``, so
-    results do not depend on client order, strategy or device count. Jitted (state donated)
-    unless the strategy is ``sequential``.
+    Client k in round t draws its data order and dropout from ``derive(root, DATA, t, k)`` and
+    its stage randomness from ``derive(root, STAGE, t, k)``, so results do not depend on
+    client order, grouping, strategy or device count. Jitted (state donated) unless the
+    strategy is ``sequential``.
     """
-
-    server_update = algorithm.server_update if strategy.jitted else jax.jit(algorithm.server_update)
+    server_update = algorithm.server_update
+    stage_fn = algorithm.client_stage
+    if not strategy.jitted:
+        server_update = jax.jit(server_update)
 
     def client_fn(shared, pc: _PerClient):
-        server, x, y = shared
-        data = ClientData(pc.idx, pc.n, x, y, exec=strategy.exec)
+        server, x, y, t = shared
+        data = _client_data(pc.rows, x, y, t, strategy.exec)
         return algorithm.client_update(server, pc.state, data, pc.key)
 
+    def stage_client(shared, pc: _PerClient):
+        server, x, y, t = shared
+        data = _client_data(pc.rows, x, y, t, strategy.exec)
+        return stage_fn(server, pc.state, data, pc.key)
+
     def round_fn(state: State, x, y, inputs: RoundInputs, t, root):
-        keys = jax.vmap(lambda i: K.derive(root, K.DATA, t, i))(inputs.ids)
-        cstate = None if state.clients is None else gather_rows(state.clients, inputs.ids)
-        per_client = _PerClient(inputs.idx, inputs.n, cstate, keys)
-        new_cstate, messages, metrics = map_clients(
-            client_fn, (state.server, x, y), per_client, strategy
+        shared = (state.server, x, y, t)
+        outs = map_groups(
+            client_fn, shared, inputs.groups, state.clients,
+            lambda ids: jax.vmap(lambda i: K.derive(root, K.DATA, t, i))(ids), strategy,
         )
         clients = state.clients
         if clients is not None:
-            ids = jnp.where(inputs.mask > 0, inputs.ids, jnp.iinfo(jnp.int32).max)
-            clients = jax.tree.map(lambda a, v: a.at[ids].set(v, mode="drop"), clients, new_cstate)
-        server = server_update(state.server, messages, inputs.mask)
-        return State(server, clients), metrics
+            for g, (new_c, _, _) in zip(inputs.groups, outs):
+                clients = _scatter(clients, g.ids, g.mask, new_c)
+        perm = jnp.asarray(inputs.perm)
+        messages = jax.tree.map(lambda a: a[perm], _concat([o[1] for o in outs]))
+        metrics = jax.tree.map(lambda a: a[perm], _concat([o[2] for o in outs]))
+        ids = jnp.concatenate([jnp.asarray(g.ids) for g in inputs.groups])[perm]
+        mask = jnp.concatenate([jnp.asarray(g.mask) for g in inputs.groups])[perm]
+        state = server_update(State(state.server, clients), messages, ids, mask)
+        stage_metrics: dict = {}
+        if stage_fn is not None:
+            if inputs.stage is None:
+                raise ValueError(f"{algorithm.name} has a client stage: build the round's "
+                                 "inputs with stage rows (round_inputs(..., stage=True))")
+            k = jax.tree.leaves(state.clients)[0].shape[0]
+            souts = map_groups(
+                stage_client, (state.server, x, y, t), inputs.stage, state.clients,
+                lambda ids: jax.vmap(lambda i: K.derive(root, K.STAGE, t, i))(ids), strategy,
+            )
+            clients = state.clients
+            for g, (new_c, sm) in zip(inputs.stage, souts):
+                clients = _scatter(clients, g.ids, g.mask, new_c)
+                stage_metrics = _scatter_metrics(stage_metrics, sm, g, k)
+            state = State(state.server, clients)
+        return state, RoundOutput(metrics, ids, mask, stage_metrics)
 
     return jax.jit(round_fn, donate_argnums=(0,)) if strategy.jitted else round_fn
 
 
-def place_inputs(inputs: RoundInputs, strategy: Strategy) -> RoundInputs:
-    """Put per-round inputs on the mesh (client axis sharded) for the ``sharded`` strategy."""
-    arrays = jax.tree.map(jnp.asarray, inputs)
+def _scatter_metrics(acc: dict, metrics: dict, g: Rows, k: int) -> dict:
+    out = dict(acc)
+    for name, v in metrics.items():
+        v = jnp.asarray(v)
+        base = out.get(name, jnp.zeros((k,) + v.shape[1:], v.dtype))
+        out[name] = _scatter(base, jnp.asarray(g.ids), jnp.asarray(g.mask), v)
+    return out
+
+
+def place_rows(groups: tuple[Rows, ...] | None, strategy: Strategy):
+    """Groups of rows on the device (client axis on the mesh for ``sharded``); arrays already
+    placed are left where they are."""
+    if groups is None:
+        return None
     if strategy.name != "sharded":
-        return arrays
+        return tuple(jax.tree.map(jnp.asarray, g) for g in groups)
     sharding = NamedSharding(strategy.mesh(), P("clients"))
-    return jax.tree.map(lambda a: jax.device_put(a, sharding), arrays)
+    return tuple(jax.tree.map(lambda a: jax.device_put(jnp.asarray(a), sharding), g)
+                 for g in groups)
+
+
+def place_inputs(inputs: RoundInputs, strategy: Strategy) -> RoundInputs:
+    """Put per-round inputs on the device (client axis on the mesh for ``sharded``)."""
+    return RoundInputs(place_rows(inputs.groups, strategy), jnp.asarray(inputs.perm),
+                       place_rows(inputs.stage, strategy))
 
 
 __all__ = [
+    "STRATEGIES",
     "Algorithm",
     "RoundInputs",
+    "RoundOutput",
     "State",
     "Strategy",
     "default_strategy",
     "make_round",
     "map_clients",
+    "map_groups",
     "mapped",
     "place_inputs",
+    "place_rows",
 ]

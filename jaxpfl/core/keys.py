@@ -12,6 +12,7 @@ DATA = 3
 DROPOUT = 4
 EVAL = 5
 SPLIT = 6
+STAGE = 7
 
 
 def derive(root: jax.Array, tag: int, *ids: int | jax.Array) -> jax.Array:

@@ -20,6 +20,10 @@ import numpy as np
 class Schedule(NamedTuple):
     """``positions [S, ..., B] int32`` into the client's index row; ``valid`` same shape.
 
+    ``step_ids [S] int32``: the client's OWN number of each step (epoch e, batch j of a client
+    with s steps per epoch is step e·s + j), which keys the step's randomness (dropout). It
+    never depends on the padded width, hence not on which other clients share the round.
+    ``None`` means ``arange(S)``.
     ``active`` (optional, host NumPy ``[S]`` bool): which steps have a valid example, known
     without waiting for the device when n is concrete; the eager step loop uses it to skip
     masked steps without a device round trip.
@@ -28,10 +32,32 @@ class Schedule(NamedTuple):
     positions: jax.Array
     valid: jax.Array
     active: np.ndarray | None = None
+    step_ids: jax.Array | None = None
 
     @property
     def num_steps(self) -> int:
         return self.positions.shape[0]
+
+    def ids(self) -> jax.Array:
+        """``step_ids``, or ``arange(S)`` when the schedule has none."""
+        if self.step_ids is None:
+            return jnp.arange(self.num_steps, dtype=jnp.int32)
+        return self.step_ids
+
+
+def group_steps(schedule: Schedule, k: int) -> Schedule:
+    """Consecutive groups of ``k`` batches as one step (``positions [S/k, k, ..., B]``): a
+    step that reads several batches (Per-FedAvg's 2- or 3-batch meta-step). A grouped step is
+    active when any of its batches is; it is keyed by its group number."""
+    s = schedule.num_steps
+    if k < 1 or s % k:
+        raise ValueError(f"cannot group {s} steps into groups of {k}")
+    pos = schedule.positions.reshape((s // k, k) + schedule.positions.shape[1:])
+    valid = schedule.valid.reshape((s // k, k) + schedule.valid.shape[1:])
+    active = None
+    if schedule.active is not None:
+        active = np.asarray(schedule.active).reshape(s // k, k).any(axis=1)
+    return Schedule(pos, valid, active, jnp.arange(s // k, dtype=jnp.int32))
 
 
 def epoch_permutation(key: jax.Array, n: jax.Array, width: int, shuffle: bool = True):
@@ -71,14 +97,15 @@ def epoch_schedule(
 
     Epoch e uses the permutation π_e = ``epoch_permutation(fold_in(key, e), n)``; batch j is
     π_e[jB:(j+1)B]. The client runs s = ⌈n/B⌉ steps per epoch (⌊n/B⌋ with ``drop_last``), the
-    last possibly short; compiled steps past s are masked. Shape ``[E·⌈W/B⌉, B]``.
+    last possibly short; compiled steps past s are masked. Shape ``[E·⌈W/B⌉, B]``. Step
+    (e, j) is keyed as the client's own step e·s + j.
     """
-    pos, valid = _epoch_schedule(key, n, width, batch_size, epochs, drop_last, shuffle)
+    pos, valid, ids = _epoch_schedule(key, n, width, batch_size, epochs, drop_last, shuffle)
     active = None
     if (nk := _concrete(n)) is not None:
         own = nk // batch_size if drop_last else -(-nk // batch_size)
         active = np.tile(np.arange(steps_per_epoch(width, batch_size)) < own, epochs)
-    return Schedule(pos, valid, active)
+    return Schedule(pos, valid, active, ids)
 
 
 @functools.partial(jax.jit, static_argnums=(2, 3, 4, 5, 6))
@@ -93,10 +120,12 @@ def _epoch_schedule(key, n, width, batch_size, epochs, drop_last, shuffle):
         slot = jnp.arange(spe * batch_size)
         step = slot // batch_size
         valid = (slot < n) & (step < own_steps)
-        return perm.reshape(spe, batch_size), valid.reshape(spe, batch_size)
+        ids = e * own_steps + jnp.arange(spe, dtype=jnp.int32)
+        return perm.reshape(spe, batch_size), valid.reshape(spe, batch_size), ids
 
-    pos, valid = jax.vmap(one_epoch)(jnp.arange(epochs))
-    return pos.reshape(-1, batch_size).astype(jnp.int32), valid.reshape(-1, batch_size)
+    pos, valid, ids = jax.vmap(one_epoch)(jnp.arange(epochs, dtype=jnp.int32))
+    pos = pos.reshape(-1, batch_size).astype(jnp.int32)
+    return pos, valid.reshape(-1, batch_size), ids.reshape(-1).astype(jnp.int32)
 
 
 def stream_schedule(
@@ -111,7 +140,7 @@ def stream_schedule(
     pos, valid = _stream_schedule(key, n, width, batch_size, num_batches)
     nk = _concrete(n)
     active = None if nk is None else np.full(num_batches, nk > 0)
-    return Schedule(pos, valid, active)
+    return Schedule(pos, valid, active, jnp.arange(num_batches, dtype=jnp.int32))
 
 
 @functools.partial(jax.jit, static_argnums=(2, 3, 4))

@@ -41,13 +41,33 @@ class ExecOptions:
 
 @flax.struct.dataclass
 class ClientData:
-    """One client's view of the data. ``idx [W] int32`` indexes the shared pool ``x, y``;
-    the client's examples are ``idx[:n]`` (the rest is padding)."""
+    """One client's view of the data, as the engine hands it to a one-client function.
+
+    Attributes:
+      idx: ``[W] int32`` the client's TRAINING index row into the shared pool ``x, y``; its
+        examples are ``idx[:n]`` (the rest is padding).
+      n: ``int32`` number of training examples n_k.
+      x, y: the shared pool (``[N, H, W, C] uint8``, ``[N] int32``), never copied per client.
+      val_idx, val_n: the validation row ``[Wv]`` and its size (n = 0 when the split is empty).
+      test_idx, test_n: the test row ``[Wt]`` and its size.
+      id: ``int32`` the client id k (``num_clients`` on padding rows).
+      round: ``int32`` the round index t.
+      exec: how the step loop executes (static; never what it computes).
+
+    ``data.split("val")`` is the same client with its validation row as the active row, so
+    any function reading ``idx``/``n`` (``client_eval``, ``local_steps``) works on any split.
+    """
 
     idx: jax.Array
     n: jax.Array
     x: jax.Array
     y: jax.Array
+    val_idx: jax.Array | None = None
+    val_n: jax.Array | None = None
+    test_idx: jax.Array | None = None
+    test_n: jax.Array | None = None
+    id: jax.Array | None = None
+    round: jax.Array | None = None
     exec: ExecOptions = flax.struct.field(pytree_node=False, default=ExecOptions())
 
     @property
@@ -55,6 +75,17 @@ class ClientData:
         return self.idx.shape[-1]
 
     def with_index(self, idx: jax.Array, n: jax.Array) -> ClientData:
+        return self.replace(idx=idx, n=n)
+
+    def split(self, name: str) -> ClientData:
+        """This client with split ``name`` ("train", "val" or "test") as the active row."""
+        if name == "train":
+            return self
+        if name not in ("val", "test"):
+            raise ValueError(f"unknown split '{name}'; choose one of: train, val, test")
+        idx, n = getattr(self, f"{name}_idx"), getattr(self, f"{name}_n")
+        if idx is None:
+            raise ValueError(f"this ClientData carries no '{name}' row")
         return self.replace(idx=idx, n=n)
 
 
@@ -73,56 +104,119 @@ def gather_batch(data: ClientData, positions: jax.Array, valid: jax.Array) -> Ba
 
 
 class StepStats(NamedTuple):
-    """Sum of per-step losses over active steps, and the number of active steps."""
+    """What one run of the step loop did, per client.
+
+    Attributes:
+      loss_sum: sum of the step losses over active steps.
+      steps: number of active steps (a step is active when its batch has a valid example and
+        the loop has not stopped).
+      compiled: steps the loop iterated: the schedule length under ``lax.scan``, the
+        iterations of this client's ``while_loop`` lane, or the steps of the blocks actually
+        dispatched on the eager path. ``steps / compiled`` is the useful share.
+      stopped: the stop predicate fired (always False without one).
+      cap_hit: a stop predicate was given and never fired: the loop ran to its cap.
+      last_loss: the loss of the last active step (0 if none).
+    """
 
     loss_sum: jax.Array
     steps: jax.Array
+    compiled: jax.Array
+    stopped: jax.Array
+    cap_hit: jax.Array
+    last_loss: jax.Array
 
     @property
     def mean_loss(self) -> jax.Array:
         return self.loss_sum / jnp.maximum(self.steps, 1).astype(jnp.float32)
 
+    def metrics(self) -> dict[str, jax.Array]:
+        """The keys algorithms report (``train_loss``, ``steps``, ``compiled_steps``)."""
+        return {"train_loss": self.mean_loss, "steps": self.steps, "compiled_steps": self.compiled}
+
 
 StepFn = Callable[[PyTree, PyTree, Batch, jax.Array], tuple[PyTree, jax.Array]]
+StopFn = Callable[[PyTree, PyTree, jax.Array, jax.Array], jax.Array]
 
 
-def _scan(step_fn: StepFn, carry, consts, data, schedule, key, step_ids, unroll):
-    body = _masked_body(step_fn, consts, data, key)
-    init = StepStats(jnp.zeros((), jnp.float32), jnp.zeros((), jnp.int32))
-    (carry, stats), _ = jax.lax.scan(
-        body, (carry, init), (schedule.positions, schedule.valid, step_ids), unroll=unroll
-    )
-    return carry, stats
+class _Loop(NamedTuple):
+    """The step loop's state: the algorithm's carry plus the loop's own bookkeeping."""
+
+    carry: PyTree
+    s: jax.Array  # next schedule step
+    loss_sum: jax.Array
+    steps: jax.Array
+    losses: jax.Array  # [S] losses of the active steps, in order (only read by a stop predicate)
+    stopped: jax.Array
+    last_loss: jax.Array
 
 
-@functools.partial(jax.jit, static_argnames=("step_fn", "size", "masked"))
-def _block(step_fn: StepFn, carry, stats, consts, data, schedule, key, start, size, masked):
-    """Steps ``start .. start+size-1`` of ``schedule``, unrolled in Python: no loop construct
-    reaches XLA (on CPU a convolution inside a while loop, even a one-trip one, runs several
-    times slower, measured)."""
-    body = _masked_body(step_fn, consts, data, key, masked)
-    c = (carry, stats)
-    for j in range(size):
-        step = start + j
-        c, _ = body(c, (schedule.positions[step], schedule.valid[step], step))
-    return c
+def _start(carry: PyTree, num_steps: int, with_stop: bool) -> _Loop:
+    z = jnp.zeros((), jnp.float32)
+    losses = jnp.zeros((num_steps if with_stop else 0,), jnp.float32)
+    return _Loop(carry, jnp.zeros((), jnp.int32), z, jnp.zeros((), jnp.int32), losses,
+                 jnp.zeros((), bool), z)
 
 
-def _masked_body(step_fn: StepFn, consts, data, key, masked: bool = True):
-    def body(c, inp):
-        carry, stats = c
-        pos, valid, j = inp
+def _body(step_fn: StepFn, stop: StopFn | None, consts, data, schedule: Schedule, key,
+          masked: bool = True):
+    """One schedule step s as a pure update of ``_Loop``: masked when the batch has no valid
+    example or the loop has stopped (carry, stats and losses then stay as they are)."""
+    step_ids = schedule.ids()
+
+    def body(lp: _Loop) -> _Loop:
+        s = lp.s
+        valid = schedule.valid[s]
         new, loss = step_fn(
-            carry, consts, gather_batch(data, pos, valid), jax.random.fold_in(key, j)
+            lp.carry, consts, gather_batch(data, schedule.positions[s], valid),
+            jax.random.fold_in(key, step_ids[s]),
         )
-        active = jnp.any(valid)
-        carry = tree_where(active, new, carry) if masked else new
-        stats = StepStats(
-            stats.loss_sum + jnp.where(active, loss, 0.0), stats.steps + active.astype(jnp.int32)
+        active = jnp.any(valid) & ~lp.stopped
+        carry = tree_where(active, new, lp.carry) if masked else new
+        loss = jnp.asarray(loss, jnp.float32)
+        losses = lp.losses
+        if stop is not None:
+            losses = losses.at[lp.steps].set(jnp.where(active, loss, losses[lp.steps]))
+        steps = lp.steps + active.astype(jnp.int32)
+        stopped = lp.stopped
+        if stop is not None:
+            stopped = stopped | (active & jnp.asarray(stop(carry, consts, losses, steps), bool))
+        return _Loop(
+            carry, s + 1, lp.loss_sum + jnp.where(active, loss, 0.0), steps, losses, stopped,
+            jnp.where(active, loss, lp.last_loss),
         )
-        return (carry, stats), None
 
     return body
+
+
+def _finish(lp: _Loop, compiled, with_stop: bool) -> tuple[PyTree, StepStats]:
+    cap_hit = (~lp.stopped) if with_stop else jnp.zeros((), bool)
+    return lp.carry, StepStats(lp.loss_sum, lp.steps, jnp.asarray(compiled, jnp.int32),
+                               lp.stopped, cap_hit, lp.last_loss)
+
+
+def _traced(step_fn, stop, carry, consts, data, schedule, key, unroll):
+    num = schedule.num_steps
+    body = _body(step_fn, stop, consts, data, schedule, key)
+    lp = _start(carry, num, stop is not None)
+    if stop is None:
+        lp, _ = jax.lax.scan(lambda c, _: (body(c), None), lp, None, length=num, unroll=unroll)
+        return _finish(lp, num, False)
+    # Data-dependent length: a while_loop. Under vmap the loop runs until every client has
+    # stopped or reached the cap; a finished client's lane is frozen by the batched loop (and
+    # masked by ``body``), so each client's result equals its own run.
+    lp = jax.lax.while_loop(lambda c: (c.s < num) & ~c.stopped, body, lp)
+    return _finish(lp, lp.s, True)
+
+
+@functools.partial(jax.jit, static_argnames=("step_fn", "stop", "size", "masked"))
+def _block(step_fn: StepFn, stop, lp: _Loop, consts, data, schedule, key, size, masked):
+    """Steps ``lp.s .. lp.s+size-1`` of ``schedule``, unrolled in Python: no loop construct
+    reaches XLA (on CPU a convolution inside a while loop, even a one-trip one, runs several
+    times slower, measured)."""
+    body = _body(step_fn, stop, consts, data, schedule, key, masked)
+    for _ in range(size):
+        lp = body(lp)
+    return lp
 
 
 def _is_traced(tree: PyTree) -> bool:
@@ -136,33 +230,47 @@ def local_steps(
     data: ClientData,
     schedule: Schedule,
     key: jax.Array,
+    *,
+    stop: StopFn | None = None,
 ) -> tuple[PyTree, StepStats]:
-    """Run ``carry, loss = step_fn(carry, consts, batch_s, fold_in(key, s))`` for every step s.
+    """THE step loop: ``carry, loss = step_fn(carry, consts, batch_s, fold_in(key, id_s))`` for
+    every step s of ``schedule`` (``id_s`` = the client's own step number, ``schedule.ids()``).
 
     A step whose batch has no valid example is masked: ``carry`` (parameters *and* optimizer
-    state) is left unchanged. ``step_fn`` must be a stable function (created once, not per
-    call) that takes every array it needs through ``carry``/``consts``, so the eager path can
-    cache its compilation.
+    state) is left unchanged. With ``stop``, the loop ends after the first active step for
+    which ``stop(carry, consts, losses, count)`` is true, where ``losses[:count]`` are the
+    losses of the active steps so far (in order); the schedule's length is the cap, and
+    ``StepStats.cap_hit`` says the loop reached it without stopping.
+
+    Execution (never the result) depends on the context: inside ``jit``/``vmap`` the loop is a
+    ``lax.scan`` (``lax.while_loop`` with ``stop``); called eagerly (the ``sequential``
+    strategy) it dispatches jitted Python-unrolled blocks of ``data.exec.step_block`` steps,
+    skips blocks without an active step, and checks ``stop`` on the host after each block.
+    ``step_fn`` and ``stop`` must be stable functions (created once, not per call) that take
+    every array they need through ``carry``/``consts``, so the eager path can cache them.
     """
     num = schedule.num_steps
-    step_ids = jnp.arange(num, dtype=jnp.int32)
     block = data.exec.step_block
     if block is None or _is_traced((carry, consts, data, schedule, key)):
-        return _scan(step_fn, carry, consts, data, schedule, key, step_ids, data.exec.unroll)
+        return _traced(step_fn, stop, carry, consts, data, schedule, key, data.exec.unroll)
     # Eager path: jitted blocks of `block` steps, all-masked blocks skipped (they are no-ops).
     active = schedule.active
     if active is None:
         active = np.asarray(jnp.any(schedule.valid.reshape(num, -1), axis=-1))
-    stats = StepStats(jnp.zeros((), jnp.float32), jnp.zeros((), jnp.int32))
-    sched = Schedule(schedule.positions, schedule.valid)
+    sched = Schedule(schedule.positions, schedule.valid, None, schedule.ids())
+    lp = _start(carry, num, stop is not None)
+    ran = 0
     for start in range(0, num, block):
-        if active[start : start + block].any():
-            size = min(block, num - start)
-            masked = not bool(active[start : start + size].all())  # all active: no select
-            carry, stats = _block(
-                step_fn, carry, stats, consts, data, sched, key, start, size, masked
-            )
-    return carry, stats
+        size = min(block, num - start)
+        if not active[start : start + size].any():
+            continue
+        lp = lp._replace(s=jnp.asarray(start, jnp.int32))
+        masked = stop is not None or not bool(active[start : start + size].all())
+        lp = _block(step_fn, stop, lp, consts, data, sched, key, size, masked)
+        ran += size
+        if stop is not None and bool(lp.stopped):  # the host check, once per block
+            break
+    return _finish(lp, ran, stop is not None)
 
 
 def masked_cross_entropy(

@@ -1,5 +1,6 @@
 """Federated datasets in memory: sources, partitioners, splits, storage and statistics."""
 
 from jaxpfl.data.dataset import ClientIndex, DataError, FederatedDataset, RawData
+from jaxpfl.data.rotated import fedora_rotated, rotate
 
-__all__ = ["ClientIndex", "DataError", "FederatedDataset", "RawData"]
+__all__ = ["ClientIndex", "DataError", "FederatedDataset", "RawData", "fedora_rotated", "rotate"]

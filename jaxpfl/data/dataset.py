@@ -1,7 +1,8 @@
 """In-memory federated datasets: one flat pool of examples plus per-client index arrays.
 
-The pool (``x: [N, H, W, C] uint8``, ``y: [N] int32``) is stored once; every client's train and
-test split is an array of indices into it (no per-client padding, no copies). Normalisation
+The pool (``x: [N, H, W, C] uint8``, ``y: [N] int32``) is stored once; every client's train,
+test and (optional) validation split is an array of indices into it (no per-client padding, no
+copies). Normalisation
 happens on device, in the model's input function, so stored arrays stay small.
 """
 
@@ -13,9 +14,7 @@ from typing import Any
 
 import numpy as np
 
-
-class DataError(ValueError):
-    """Bad or missing data; the message says what to do. CLIs print it as one line and exit 2."""
+from jaxpfl.errors import DataError  # re-exported: data code raises it
 
 
 @dataclasses.dataclass(frozen=True)
@@ -58,6 +57,13 @@ class ClientIndex:
         )
         return cls(flat, offsets)
 
+    @classmethod
+    def empty(cls, k: int) -> ClientIndex:
+        """``k`` clients, each with no indices."""
+        if k < 0:
+            raise DataError(f"ClientIndex.empty: need k >= 0 clients, got {k}")
+        return cls(np.zeros(0, np.int64), np.zeros(int(k) + 1, np.int64))
+
     def __len__(self) -> int:
         return len(self.offsets) - 1
 
@@ -95,6 +101,8 @@ class FederatedDataset:
     Attributes:
       x, y: the pool of examples (uint8 NHWC, int32 labels).
       train, test: per-client indices into the pool (``ClientIndex``).
+      val: per-client validation indices (``ClientIndex``); always present, one entry per client
+        (empty entries when the partition has no validation split; pass None for that).
       client_ids: a name per client (writer id where one exists, else ``str(k)``).
       num_classes: label count C.
       train_clients, eval_clients: integer client ids that train / are held out (never trained on).
@@ -111,15 +119,18 @@ class FederatedDataset:
     train_clients: np.ndarray
     eval_clients: np.ndarray
     meta: dict[str, Any] = dataclasses.field(default_factory=dict)
+    val: ClientIndex | None = None
 
     def __post_init__(self):
         k = len(self.client_ids)
-        if len(self.train) != k or len(self.test) != k:
+        if self.val is None:
+            object.__setattr__(self, "val", ClientIndex.empty(k))
+        if len(self.train) != k or len(self.test) != k or len(self.val) != k:
             raise DataError(
-                f"{self.name}: train/test index lists must have one entry per client ({k})"
+                f"{self.name}: train/val/test index lists must have one entry per client ({k})"
             )
         n = len(self.x)
-        for split in (self.train, self.test):
+        for split in (self.train, self.test, self.val):
             if len(split.flat) and (split.flat.min() < 0 or split.flat.max() >= n):
                 raise DataError(f"{self.name}: client indices out of range [0, {n})")
 

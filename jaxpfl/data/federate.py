@@ -23,10 +23,17 @@ writer's train examples are split by ``train_frac`` and the test files form a ce
 Held-out clients: ``holdout_frac`` (or ``n_eval``) of the clients, chosen by
 :func:`~jaxpfl.data.partition.holdout_clients`, become ``eval_clients``; they never train.
 
+Validation splits: ``val_frac = f > 0`` moves ``floor(f n_tr)`` of each client's train split
+(after the train/test split) into its validation split, chosen by :func:`split_val` with the
+partition seed; ``val_frac = 0`` (default) leaves every validation split empty and every other
+result unchanged.
+
 Randomness: ``seed`` (default per partition: 1 for the PFLlib modes, 42 for Flower, else 0) seeds
 the partitioner. The PFLlib modes continue their ``RandomState`` into the per-client split (bit-
-exact PFLlib); the others split with ``default_rng([seed, 1])``. Held-out clients use
-``RandomState(holdout_seed)`` (default: ``seed``).
+exact PFLlib); the others split with ``default_rng([seed, 1])``. Validation examples are drawn
+with ``default_rng([seed, 2, k])`` per client k (a stream of its own, so the train/test split is
+the same with or without a validation split). Held-out clients use ``RandomState(holdout_seed)``
+(default: ``seed``).
 """
 
 from __future__ import annotations
@@ -47,7 +54,7 @@ from jaxpfl.data.store import (
     validate_partition,
 )
 
-__all__ = ["PARTITIONS", "POOLS", "PartitionSpec", "federate", "support_query"]
+__all__ = ["PARTITIONS", "POOLS", "PartitionSpec", "federate", "split_val", "support_query"]
 
 
 class PartitionSpec(NamedTuple):
@@ -170,6 +177,36 @@ def _split(parts, train_frac, stream, seed):
     return P.split_clients(parts, train_frac, rng)
 
 
+def split_val(
+    train_lists: Sequence[np.ndarray], val_frac: float, seed: int = 0
+) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """Move ``floor(val_frac n)`` of each client's train indices into a validation split.
+
+    For client k (position in ``train_lists``): ``pos = sort(default_rng([seed, 2, k])
+    .permutation(n)[:n_val])``; validation = ``train[pos]``, train = the rest. Both keep the
+    client's stored order. Returns ``(train, val)``; ``val_frac = 0`` draws nothing.
+    """
+    f = float(val_frac)
+    if not (0.0 <= f < 1.0) or math.isnan(f):
+        raise DataError(
+            f"val_frac must be in [0, 1) (the share of each client's train split used for "
+            f"validation), got {val_frac}; pass e.g. val_frac=0.1, or 0 for no validation split"
+        )
+    parts = [np.asarray(p, np.int64) for p in train_lists]
+    if f == 0.0:
+        return [p.copy() for p in parts], [np.zeros(0, np.int64) for _ in parts]
+    train, val = [], []
+    for k, p in enumerate(parts):
+        n = len(p)
+        n_val = math.floor(f * n)
+        pos = np.sort(np.random.default_rng([seed, 2, k]).permutation(n)[:n_val])
+        keep = np.ones(n, bool)
+        keep[pos] = False
+        val.append(p[pos])
+        train.append(p[keep])
+    return train, val
+
+
 def _n_eval(k: int, holdout_frac: float, n_eval: int | None) -> int:
     if n_eval is not None:
         return int(n_eval)
@@ -188,6 +225,7 @@ def federate(
     class_per_client: int = 2,
     balance: bool | None = None,
     train_frac: float = 0.75,
+    val_frac: float = 0.0,
     holdout_frac: float = 0.0,
     n_eval: int | None = None,
     seed: int | None = None,
@@ -210,6 +248,8 @@ def federate(
       balance: None = the mode's default (``dirichlet``: True; Flower ``self_balancing`` and PFLlib
         ``balance``: False).
       train_frac: per-client train fraction (PFLlib's ``train_ratio``); 1 = no local test split.
+      val_frac: share in [0, 1) of each client's train split moved to its validation split
+        (``floor(val_frac n_tr)`` examples, :func:`split_val`); 0 = no validation split.
       holdout_frac / n_eval: share / number of held-out evaluation clients.
       seed, holdout_seed: see module docstring.
       min_size: minimum client size (``dirichlet``; Flower's ``min_partition_size``).
@@ -223,6 +263,7 @@ def federate(
     if pool not in POOLS:
         raise DataError(f"unknown pool {pool!r}; choose one of {', '.join(POOLS)}")
     train_frac = _check_frac("train_frac", train_frac, closed_top=True)
+    split_val([], val_frac)  # validates val_frac before any work
     holdout_frac = _check_frac("holdout_frac", holdout_frac, closed_top=False)
     spec = PARTITIONS[partition]
     if seed is None:
@@ -239,6 +280,7 @@ def federate(
         "seed": seed,
         "pool": pool,
         "train_frac": train_frac,
+        "val_frac": float(val_frac),
         "holdout_frac": holdout_frac,
         "holdout_seed": holdout_seed,
         "pool_size": n,
@@ -316,11 +358,13 @@ def federate(
         _, held = P.holdout_clients(candidates, n_eval=ne, seed=holdout_seed)
     eval_clients = np.sort(np.concatenate([fixed_eval, held]).astype(np.int64))
     train_clients = np.setdiff1d(np.arange(len(ids)), eval_clients)
+    train, val = split_val(train, val_frac, seed)
     tr_ci, te_ci = ClientIndex.from_lists(train), ClientIndex.from_lists(test)
-    validate_partition(tr_ci, te_ci, n, ids)
+    va_ci = ClientIndex.from_lists(val)
+    validate_partition(tr_ci, te_ci, n, ids, val=va_ci)
     meta["num_clients"] = len(ids)
     meta["num_eval_clients"] = int(len(eval_clients))
-    meta["hash"] = partition_hash(tr_ci, te_ci)
+    meta["hash"] = partition_hash(tr_ci, te_ci, va_ci)
     meta["labels_sha256"] = labels_hash(y)
     if raw.meta:
         meta["source_meta"] = raw.meta
@@ -336,6 +380,7 @@ def federate(
         train_clients=train_clients,
         eval_clients=eval_clients,
         meta=meta,
+        val=va_ci,
     )
 
 
