@@ -211,7 +211,7 @@ class EngineRunner(Runner):
         self.label, self.kind, self.strategy = label, strategy.name, strategy
         self.algorithm, self.root = algorithm, root
         self.batch_size, self.epochs = batch_size, epochs
-        self.host_inputs = round_inputs(ds, ids, strategy.client_multiple)
+        self.host_inputs = round_inputs(ds, ids, strategy)
         self.inputs = place_inputs(self.host_inputs, strategy)
         self.real = len(ids)
         self.x, self.y = pool
@@ -222,8 +222,8 @@ class EngineRunner(Runner):
         self.make = make_round(algorithm, strategy)
         self.call = self.make
         if strategy.jitted:
-            self.padded_steps = len(self.host_inputs.ids) * self._row_steps(
-                self.host_inputs.idx.shape[1]
+            self.padded_steps = sum(
+                len(g.ids) * self._row_steps(g.train_idx.shape[1]) for g in self.host_inputs.groups
             )
             tic = time.perf_counter()
             self.call = self._compile(self.inputs)
@@ -240,14 +240,18 @@ class EngineRunner(Runner):
     def _probe(self, steps: int) -> tuple[int, float]:
         """(client-steps, seconds) of one round cut to ``steps`` steps per client."""
         inp = self.host_inputs
-        width = min(inp.idx.shape[1], steps * self.batch_size)
-        cut = RoundInputs(inp.ids, inp.idx[:, :width], np.minimum(inp.n, width), inp.mask)
-        cut = place_inputs(cut, self.strategy)
+        groups, total = [], 0
+        for g in inp.groups:  # every group cut to at most `steps` steps per client
+            width = min(g.train_idx.shape[1], steps * self.batch_size)
+            groups.append(g._replace(train_idx=g.train_idx[:, :width],
+                                     train_n=np.minimum(g.train_n, width)))
+            total += len(g.ids) * self._row_steps(width)
+        cut = place_inputs(RoundInputs(tuple(groups), inp.perm), self.strategy)
         call = self._compile(cut)
         state = copy_tree(self.state)
         tic = time.perf_counter()
         jax.block_until_ready(call(state, self.x, self.y, cut, jnp.int32(0), self.root))
-        return len(inp.ids) * self._row_steps(width), time.perf_counter() - tic
+        return total, time.perf_counter() - tic
 
     def estimate(self, probe_steps: int) -> tuple[float, str]:
         """Round seconds extrapolated from two rounds cut to ``probe_steps`` and 3x as many
@@ -264,13 +268,15 @@ class EngineRunner(Runner):
 
     def round(self, t: int) -> RoundLog:
         tic = time.perf_counter()
-        self.state, metrics = self.call(
+        self.state, out = self.call(
             self.state, self.x, self.y, self.inputs, jnp.int32(t), self.root
         )
-        jax.block_until_ready((self.state, metrics))
+        jax.block_until_ready((self.state, out))
         seconds = time.perf_counter() - tic
-        loss = np.asarray(metrics["train_loss"])[: self.real]
-        steps = np.asarray(metrics["steps"])[: self.real]
+        loss = np.asarray(out.metrics["train_loss"])[: self.real]
+        steps = np.asarray(out.metrics["steps"])[: self.real]
+        compiled = np.asarray(out.metrics["compiled_steps"])
+        self.useful_share = float(steps.sum() / max(compiled.sum(), 1))
         return RoundLog(seconds, weighted_loss(loss, steps))
 
     def global_params(self) -> PyTree:
@@ -498,6 +504,8 @@ class Row:
     max_abs_diff: float | None = None
     agrees: bool | None = None
     error: str | None = None
+    useful_share: float | None = None  # active / compiled steps of the round (engine rows)
+    groups: int | None = None  # size groups of the round (jitted engine rows)
 
     @property
     def first_s(self) -> float | None:
@@ -606,6 +614,8 @@ def run_rows(
                 continue
             row.rounds.append(got.seconds)
             row.losses.append(got.loss)
+            if getattr(runner, "useful_share", None) is not None:
+                row.useful_share = runner.useful_share
             log(f"  {row.label}: round {t}: {got.seconds:.2f} s, loss {got.loss:.4f}")
             if t == 0:
                 if hasattr(runner, "global_params"):
@@ -650,10 +660,10 @@ def fmt(v: float | None, spec: str = ".2f") -> str:
 
 def main_table(rows: Sequence[Row], naive: Row | None, eval_s: float | None) -> str:
     head = (
-        "| strategy | clients | examples | compile s | first round s | round s | examples/s "
-        "| ms/step | eval s | round+eval s | vs naive | max abs diff | loss | note |"
+        "| strategy | clients | examples | useful steps | compile s | first round s | round s "
+        "| examples/s | ms/step | eval s | round+eval s | vs naive | max abs diff | loss | note |"
     )
-    lines = [head, "|" + "---|" * 14]
+    lines = [head, "|" + "---|" * 15]
     for r in rows:
         round_s, per_s = fmt(r.round_s), fmt(r.examples_per_s, ",.0f")
         if r.round_s is None and r.estimated_s:
@@ -665,7 +675,8 @@ def main_table(rows: Sequence[Row], naive: Row | None, eval_s: float | None) -> 
         if r.agrees is not None:
             diff += " ok" if r.agrees else " FAIL"
         lines.append(
-            f"| {r.label} | {r.clients} | {r.examples:,} | {fmt(r.compile_s)} | {fmt(r.first_s)} "
+            f"| {r.label} | {r.clients} | {r.examples:,} | {fmt(r.useful_share, '.0%')} "
+            f"| {fmt(r.compile_s)} | {fmt(r.first_s)} "
             f"| {round_s} | {per_s} | {fmt(r.ms_per_step, '.3f')} "
             f"| {fmt(eval_s)} | {fmt(full)} | {fmt(ratio(r, naive), '.2f')} | {diff} "
             f"| {fmt(r.losses[0] if r.losses else None, '.4f')} | {r.note} |"
@@ -855,6 +866,13 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument("--step-blocks", default="1,8", help="ExecOptions.step_block for sequential")
     p.add_argument("--chunk-size", type=int, default=8, help="clients per chunk for 'chunked'")
+    p.add_argument(
+        "--buckets",
+        default="1,6",
+        help="Strategy.buckets values for the jitted strategies (1 = one group padded to the "
+        "widest client): one row per value",
+    )
+    p.add_argument("--model", default="cnn", help="model of the round (cnn = FedAvgCNN)")
     p.add_argument("--unroll", type=int, default=1, help="scan unroll for jitted strategies")
     p.add_argument("--rounds", type=int, default=2, help="rounds per strategy (first compiles)")
     p.add_argument("--scaling", default="20,100,500", help="clients per round, scaling table")
@@ -927,10 +945,13 @@ def build_runner(
             args.torch_threads,
         )
     exec_opts = ExecOptions(unroll=args.unroll, step_block=step_block)
-    strategy = Strategy(name, chunk_size=args.chunk_size, exec=exec_opts)
-    label = f"sequential(b={step_block})" if name == "sequential" else name
+    buckets = 1 if name == "sequential" else int(step_block or 1)
+    if name != "sequential":
+        exec_opts = ExecOptions(unroll=args.unroll, step_block=None)
+    strategy = Strategy(name, chunk_size=args.chunk_size, exec=exec_opts, buckets=buckets)
+    label = f"sequential(b={step_block})" if name == "sequential" else f"{name}[g={buckets}]"
     if name == "chunked":
-        label = f"chunked({args.chunk_size})"
+        label = f"chunked({args.chunk_size})[g={buckets}]"
 
     return EngineRunner(
         label,
@@ -946,11 +967,17 @@ def build_runner(
     )
 
 
-def row_specs(names: Sequence[str], step_blocks: Sequence[int]) -> list[tuple[str, int | None]]:
+def row_specs(
+    names: Sequence[str], step_blocks: Sequence[int], buckets: Sequence[int] = (1,)
+) -> list[tuple[str, int | None]]:
+    """(strategy, option) rows: the step block for ``sequential``, the bucket count for the
+    jitted strategies, nothing for naive/torch."""
     specs: list[tuple[str, int | None]] = []
     for name in names:
         if name == "sequential":
             specs += [("sequential", b) for b in step_blocks]
+        elif name in ENGINE:
+            specs += [(name, g) for g in buckets]
         else:
             specs.append((name, None))
     return specs
@@ -970,12 +997,16 @@ def measure(
     rows: list[Row] = []
     for name, block in specs:
         label = f"{name}(b={block})" if name == "sequential" else name
+        if name in ENGINE and name != "sequential":
+            label = f"{name}[g={block}]"
         row = Row(label, name, len(ids), examples, steps, [], [])
         try:
             runner = build_runner(name, block, args, ctx, ds, ids)
             row.label = runner.label
             row.aot_compile_s = runner.compile_seconds
             row.padded_steps = runner.padded_steps
+            if isinstance(runner, EngineRunner) and runner.strategy.jitted:
+                row.groups = len(runner.host_inputs.groups)
             if runner.compile_seconds is not None:
                 log(f"  {row.label}: compiled in {runner.compile_seconds:.2f} s")
             if isinstance(runner, EngineRunner) and runner.strategy.jitted and args.probe_steps:
@@ -1034,10 +1065,10 @@ def run_scaling(
     pick = args.scaling_strategy or (best.label if best else None)
     spec = next(((r.kind, _block_of(r.label)) for r in rows if r.label == pick), None)
     if spec is None and pick:  # a strategy that is not in the main table
-        kind = pick.split("(")[0]
+        kind = pick.split("(")[0].split("[")[0]
         if kind not in ("naive", "torch", *ENGINE):
             raise SystemExit(f"--scaling-strategy {pick!r}: unknown strategy")
-        spec = (kind, _block_of(pick) or 1) if kind == "sequential" else (kind, None)
+        spec = (kind, _block_of(pick) or 1)
     if not counts or spec is None:
         return [], {}
     big, part = (
@@ -1085,7 +1116,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         f"{int(ds.train.sizes.max()):,} ({time.perf_counter() - tic:.1f} s)"
     )
 
-    model = get_model("cnn", ds.input_shape, ds.num_classes)
+    model = get_model(args.model, ds.input_shape, ds.num_classes)
     root = jax.random.key(args.seed)
     params0 = model.init(jax.random.key(args.seed + 1), jnp.zeros((1, *ds.input_shape), jnp.uint8))
     config = FedAvgConfig(local_epochs=args.epochs, batch_size=args.batch_size, client_lr=args.lr)
@@ -1113,10 +1144,13 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         names.remove("torch")
         log("torch is not importable: no torch row")
     step_blocks = [int(b) for b in args.step_blocks.split(",") if b.strip()]
+    buckets = [int(b) for b in args.buckets.split(",") if b.strip()]
 
     # Main table
     log(f"main table: {len(ids)} clients per round, {args.rounds} rounds per strategy")
-    rows, after, runners = measure(row_specs(names, step_blocks), args, ctx, ds, ids, log)
+    rows, after, runners = measure(
+        row_specs(names, step_blocks, buckets), args, ctx, ds, ids, log
+    )
     ref_label = check_agreement(rows, after)
     naive = next((r for r in rows if r.kind == "naive" and r.round_s), None)
     engine_rows = [r for r in rows if r.kind in ENGINE and r.round_s and not r.error]
@@ -1155,7 +1189,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         "environment": env,
         "settings": {
             **vars(args),
-            "model": "cnn (FedAvgCNN)",
+            "model": args.model,
             "dataset": raw.name,
             "partition": part_name,
             "pool_size": int(len(ds.y)),
@@ -1180,9 +1214,11 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
 
 
 def _block_of(label: str) -> int | None:
-    """The step block of a ``sequential(b=N)`` label."""
+    """The step block of a ``sequential(b=N)`` label, or the groups of a ``name[g=N]`` one."""
     if label.startswith("sequential(b="):
         return int(label[len("sequential(b=") : -1])
+    if "[g=" in label:
+        return int(label.split("[g=")[1].rstrip("]"))
     return None
 
 

@@ -358,6 +358,7 @@ def run(
     summary = summarize_history(history)
     summary["train_seconds"] = train_seconds
     summary["rounds"] = total
+    summary["strategy"] = dataclasses.asdict(strategy)
     if config.out:
         with open(os.path.join(config.out, "summary.json"), "w") as f:
             json.dump(summary, f, indent=2)
