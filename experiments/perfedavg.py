@@ -3,23 +3,34 @@
     python experiments/perfedavg.py --clients 20
 
 runs on the embedded default (10,000 real MNIST digits shipped with jaxpfl, Dirichlet(0.1)
-label skew over 50 clients, 10 held out) in a few minutes on a 2-core CPU. Presets reproduce
-the reference settings of ALGORITHMS.md §9 where the data is available:
+label skew over 50 clients, 10 held out) in a few minutes on a 2-core CPU. ``--clients N`` is
+the number of clients per round (``--participation C`` the same as a fraction; the total is
+``--num-clients``). Presets reproduce the reference settings of ALGORITHMS.md §9 where the
+data is available (``--list-presets`` prints their settings, commands, published numbers and
+costs):
 
-    python experiments/perfedavg.py --preset jiang_emnist --data-dir ~/.keras/datasets --clients 20
+    python experiments/perfedavg.py --preset jiang_emnist --data-dir DIR --reptile-rounds 0
     python experiments/perfedavg.py --preset kt_pfa_femnist --data-dir leaf/data/femnist/data
 
+A published number is printed only beside a run in the setting it was measured in; otherwise
+one line ``not comparable: ...`` says what differs. Every flag is a field of
+``PersonalizedFedAvgConfig``, ``DataConfig``, ``Sampling``, ``RunConfig``, ``StrategyArgs`` or
+:class:`Experiment` (``jaxpfl.cli``).
+
 Outputs (``--out``, default ``runs/perfedavg``): metrics.jsonl (one JSON object per evaluation),
-summary.json, accuracy.png (initial vs personalized accuracy over rounds), checkpoints.
+summary.json, final.json, accuracy.png (initial vs personalized accuracy over rounds),
+checkpoints, partition.npz (the split, replayable with ``--partition-file``).
 """
 
 from __future__ import annotations
 
-import argparse
+import dataclasses
 import json
 import os
 import sys
 import time
+from collections.abc import Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -31,222 +42,329 @@ from jaxpfl.algorithms.personalized_fedavg import (
     personalized_fedavg,
 )
 from jaxpfl.cli import (
-    add_data_args,
-    add_run_args,
-    config_text,
+    NO_EFFECT,
+    AtLeast,
+    DataConfig,
+    ExperimentCli,
+    Parsed,
+    Preset,
+    Reference,
+    Sampling,
+    StrategyArgs,
     load_dataset,
     main_guard,
+    prepare_dir,
     strategy_from_args,
 )
 from jaxpfl.core import Counts, derive, summarize
 from jaxpfl.core import keys as K
+from jaxpfl.data.dataset import FederatedDataset
 from jaxpfl.data.federate import support_query
-from jaxpfl.models import get_model
-from jaxpfl.run import ClientEvaluator, Phase, RunConfig, plot_curves, run
+from jaxpfl.data.store import save_partition
+from jaxpfl.errors import ConfigError
+from jaxpfl.models import MODELS, Model, get_model
+from jaxpfl.run import Phase, RunConfig, plot_curves, run
 
-# Flag defaults per preset (ALGORITHMS.md §3.3 / §9). "default" is the embedded quick start.
-PRESETS: dict[str, dict] = {
-    "default": dict(
-        dataset="mnist_embedded",
-        partition="dirichlet",
-        alpha=0.1,
-        num_clients=50,
-        holdout_frac=0.2,
-        train_frac=0.8,
-        model="cnn",
-        rounds=30,
-        local_epochs=2,
-        reptile_rounds=20,
-        eval_every=5,
-    ),
-    "jiang_emnist": dict(
-        dataset="emnist_tff",
-        partition="natural",
-        num_clients=0,
-        n_eval=900,
-        holdout_seed=42,
-        model="emnist_cnn",
-        rounds=500,
-        local_epochs=10,
-        reptile_rounds=100,
-        eval_every=10,
-    ),
-    "kt_pfa_femnist": dict(
-        dataset="femnist",
-        partition="natural",
-        num_clients=0,
-        holdout_frac=0.0,
-        model="emnist_cnn",
-        rounds=500,
-        local_epochs=10,
-        reptile_rounds=100,
-        variant="kt_pfa",
-        eval_every=10,
-    ),
-}
+
+@dataclasses.dataclass(frozen=True)
+class Experiment:
+    """Model, evaluation and seeds.
+
+    Attributes:
+      model: model name (jaxpfl.models): cnn (FedAvgCNN), emnist_cnn, emnist_cnn_tff, ...
+      n_eval_clients: evaluation clients sampled at each intermediate evaluation (the final
+        one uses all)
+      seeds: run these seeds one after another and report mean ± std (instead of --seed)
+    """
+
+    model: str = dataclasses.field(default="cnn", metadata={"choices": tuple(MODELS)})
+    n_eval_clients: int = 50
+    seeds: tuple[int, ...] | None = dataclasses.field(default=None, metadata=NO_EFFECT)
+
+    def __post_init__(self):
+        if self.model not in MODELS:
+            raise ConfigError(f"unknown --model {self.model!r}; choose one of: {', '.join(MODELS)}")
+        n = self.n_eval_clients
+        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+            raise ConfigError(f"--n-eval-clients must be an integer >= 1, got {n!r}")
+        if self.seeds is not None and (not self.seeds or min(self.seeds) < 0):
+            raise ConfigError(f"--seeds must be integers >= 0, got {self.seeds!r}")
+
 
 # Published (initial, personalized) accuracy by (clients per round, E), ALGORITHMS.md §3.4.
-PUBLISHED = {
-    "jiang_emnist": (
-        "Jiang et al. 2019 Table 1, EMNIST-62, FedAvg(E)+personalization, acc_mean",
-        {
-            (5, 2): (74.73, 82.92),
-            (5, 5): (80.28, 87.12),
-            (5, 10): (78.79, 88.20),
-            (5, 20): (74.30, 87.82),
-            (20, 2): (84.03, 89.57),
-            (20, 5): (84.71, 90.57),
-            (20, 10): (84.80, 90.32),
-            (20, 20): (83.91, 89.53),
-        },
-    ),
-    "kt_pfa_femnist": (
-        "KT-PFA README, LEAF FEMNIST, 500+100 rounds, acc_mean over eval clients",
-        {
-            (5, 20): (79.35, 84.86),
-            (5, 10): (80.53, 87.22),
-            (5, 5): (83.19, 88.97),
-            (5, 2): (81.70, 88.49),
-            (20, 20): (82.40, 90.29),
-            (20, 10): (83.23, 90.72),
-            (20, 5): (81.48, 90.77),
-            (20, 2): (82.48, 90.48),
-        },
-    ),
+JIANG_TABLE1 = {
+    (5, 2): (74.73, 82.92),
+    (5, 5): (80.28, 87.12),
+    (5, 10): (78.79, 88.20),
+    (5, 20): (74.30, 87.82),
+    (20, 2): (84.03, 89.57),
+    (20, 5): (84.71, 90.57),
+    (20, 10): (84.80, 90.32),
+    (20, 20): (83.91, 89.53),
 }
+KT_PFA_README = {
+    (5, 20): (79.35, 84.86),
+    (5, 10): (80.53, 87.22),
+    (5, 5): (83.19, 88.97),
+    (5, 2): (81.70, 88.49),
+    (20, 20): (82.40, 90.29),
+    (20, 10): (83.23, 90.72),
+    (20, 5): (81.48, 90.77),
+    (20, 2): (82.48, 90.48),
+}
+COLUMNS = ("initial acc (%)", "personalized acc (%)")
+CELL = ("clients_per_round", "local_epochs")
+#: Not part of a reference's setting: the seed, the spelling of clients per round (the cell
+#: has it), and what only the intermediate evaluations use (the numbers are final).
+FINAL_ONLY = ("seed", "clients", "participation", "eval_every", "n_eval_clients")
+
+#: The presets (ALGORITHMS.md §3.3-3.5, §9): overrides of the fields above, the exact
+#: command, the numbers each compares with (and in which setting), and the cost on 2 CPU cores.
+PRESETS: tuple[Preset, ...] = (
+    Preset(
+        name="default",
+        about="embedded MNIST digits, Dirichlet(0.1) over 50 clients (40 train / 10 held out), "
+        "20 per round, FedAvgCNN, E = 2, 30 FedAvg + 20 Reptile rounds: the main job",
+        overrides=dict(
+            dataset="mnist_embedded",
+            partition="dirichlet",
+            alpha=0.1,
+            num_clients=50,
+            holdout_frac=0.2,
+            train_frac=0.8,
+            clients=20,
+            model="cnn",
+            rounds=30,
+            local_epochs=2,
+            reptile_rounds=20,
+            eval_every=5,
+        ),
+        command="python experiments/perfedavg.py --clients 20",
+        cost="2 min 34 s wall per seed (measured, idle 2-core CPU)",
+        smoke=dict(
+            clients=5,
+            rounds=2,
+            reptile_rounds=1,
+            local_epochs=1,
+            personalization_epochs=1,
+            eval_every=2,
+        ),
+        references=(
+            Reference(
+                source="jaxpfl README (our own measurement, seeds 0 1 2, mean ± 0.26 / 0.13)",
+                metric="init_acc_mean / pers_acc_mean: final model, mean over the 10 held-out "
+                "clients' query sets, before / after 5 personalization epochs",
+                columns=COLUMNS,
+                values={(20, 2): (96.22, 99.30)},
+                cell=CELL,
+                setting=dict(partition_file=None),
+                whole_preset=True,
+                ignore=FINAL_ONLY,
+            ),
+        ),
+    ),
+    Preset(
+        name="jiang_emnist",
+        about="Jiang et al. 2019: TFF EMNIST-62 writers (3,400; 2,500 train / 900 held out by "
+        "RandomState(42)), EmnistCNN, 500 FedAvg(E) + 100 Reptile(10) rounds, P = 5",
+        overrides=dict(
+            dataset="emnist_tff",
+            partition="natural",
+            num_clients=None,
+            n_eval=900,
+            holdout_seed=42,
+            train_frac=0.8,
+            clients=20,
+            model="emnist_cnn",
+            rounds=500,
+            local_epochs=10,
+            reptile_rounds=100,
+            eval_every=10,
+        ),
+        command="python experiments/perfedavg.py --preset jiang_emnist --data-dir DIR "
+        "--reptile-rounds 0 --clients 20 --local-epochs 10   (Table 1's setting: no Reptile; "
+        "--clients 5|20, --local-epochs 2|5|10|20)",
+        cost="about 7 h at E = 10, M = 20 (estimated: ≈ 2,000 client steps of EmnistCNN per "
+        "FedAvg round at ≈ 20 ms, 500 rounds; 100 Reptile rounds; 50-client evaluations every "
+        "10 rounds and a final one on all 900)",
+        smoke=dict(
+            n_eval=4,
+            clients=5,
+            rounds=2,
+            reptile_rounds=1,
+            local_epochs=1,
+            personalization_epochs=1,
+            eval_every=2,
+        ),
+        data="TFF federated EMNIST HDF5 (fed_emnist_train.h5, fed_emnist_test.h5) in --data-dir",
+        references=(
+            Reference(
+                source="Jiang et al. 2019 Table 1 (FedAvg(E) + personalization, no Reptile)",
+                metric="initial / personalized accuracy, mean over evaluation clients "
+                "(what the reported spread is over is unknown); ours: init_acc_mean / "
+                "pers_acc_mean of the final model over all held-out clients",
+                columns=COLUMNS,
+                values=JIANG_TABLE1,
+                cell=CELL,
+                setting=dict(
+                    dataset="emnist_tff",
+                    partition="natural",
+                    data_clients=3400,
+                    eval_clients=900,
+                    holdout_seed=42,
+                    variant="paper",
+                    reptile_rounds=0,
+                    rounds=AtLeast(310),
+                    partition_file=None,
+                ),
+            ),
+        ),
+    ),
+    Preset(
+        name="kt_pfa_femnist",
+        about="KT-PFA (FedLab-benchmarks) reproduction: LEAF FEMNIST split by user 80/20, "
+        "variant kt_pfa (§3.5), EmnistCNN, 500 + 100 rounds, P = 5",
+        overrides=dict(
+            dataset="femnist",
+            partition="natural",
+            num_clients=None,
+            holdout_frac=0.0,
+            train_frac=0.8,
+            clients=20,
+            model="emnist_cnn",
+            rounds=500,
+            local_epochs=10,
+            reptile_rounds=100,
+            variant="kt_pfa",
+            shuffle=False,
+            kt_epochs=10,
+            eval_every=10,
+        ),
+        command="python experiments/perfedavg.py --preset kt_pfa_femnist "
+        "--data-dir leaf/data/femnist/data --clients 20 --local-epochs 10",
+        cost="about 8 h at E = 10, M = 20 (estimated as jiang_emnist, plus 100 kt_pfa rounds of "
+        "10 client Adam epochs)",
+        smoke=dict(
+            clients=5,
+            rounds=1,
+            reptile_rounds=1,
+            kt_epochs=1,
+            local_epochs=1,
+            personalization_epochs=1,
+            eval_every=2,
+        ),
+        data="LEAF FEMNIST JSON (-s niid --sf 1.0 -k 0 -t user --tf 0.8), the data/ folder",
+        references=(
+            Reference(
+                source="KT-PFA README (LEAF FEMNIST, 500 rounds + Reptile 100 x 10 epochs + 5 "
+                "personalization epochs)",
+                metric="acc_mean over evaluation clients, init -> pers; KT-PFA averages 100 "
+                "draws of M clients, we evaluate every held-out writer once",
+                columns=COLUMNS,
+                values=KT_PFA_README,
+                cell=CELL,
+                setting=dict(partition_file=None),
+                whole_preset=True,
+                ignore=FINAL_ONLY,
+            ),
+        ),
+    ),
+)
+
+CLI = ExperimentCli(
+    "Personalized FedAvg (Jiang et al. 2019): FedAvg(E) then Reptile(K), reporting initial "
+    "vs personalized accuracy on held-out clients.",
+    [
+        ("clients per round", Sampling),
+        ("personalized FedAvg", PersonalizedFedAvgConfig),
+        ("experiment", Experiment),
+        ("data", DataConfig),
+        ("run", RunConfig, ("strategy", "config_for_hash")),
+        ("device mapping", StrategyArgs),
+    ],
+    PRESETS,
+    defaults=dict(out=os.path.join("runs", "perfedavg")),
+    aliases={"personalization_epochs": ("--pers-epochs",)},
+    derived={
+        "clients_per_round": "clients/round",
+        "data_clients": "clients in the data",
+        "eval_clients": "held-out clients",
+    },
+    exclusive=[("seed", "seeds")],
+    prog="perfedavg.py",
+)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        description="Personalized FedAvg (Jiang et al. 2019): FedAvg(E) then Reptile(K), "
-        "reporting initial vs personalized accuracy on held-out clients."
-    )
-    p.add_argument(
-        "--preset",
-        default="default",
-        choices=sorted(PRESETS),
-        help="reference setting whose defaults the other flags override",
-    )
-    p.add_argument("--clients", type=int, default=20, help="clients per round M")
-    p.add_argument("--rounds", type=int, help="stage-1 FedAvg(E) rounds R1")
-    p.add_argument("--local-epochs", type=int, help="stage-1 local epochs E")
-    p.add_argument("--batch-size", type=int, default=20, help="client batch size B")
-    p.add_argument("--client-lr", type=float, default=0.02, help="client SGD learning rate")
-    p.add_argument("--server-lr", type=float, default=1.0, help="stage-1 server SGD lr")
-    p.add_argument("--server-momentum", type=float, default=0.9, help="stage-1 server momentum")
-    p.add_argument("--reptile-rounds", type=int, help="stage-2 Reptile(K) rounds R2 (0: off)")
-    p.add_argument("--reptile-steps", type=int, default=10, help="Reptile local steps K")
-    p.add_argument("--reptile-server-lr", type=float, default=1e-3, help="stage-2 server Adam lr")
-    p.add_argument(
-        "--pers-epochs",
-        type=int,
-        default=5,
-        help="personalization epochs P of client SGD on each evaluation client's support",
-    )
-    p.add_argument(
-        "--n-eval-clients",
-        type=int,
-        default=50,
-        help="evaluation clients sampled at intermediate evaluations (final: all)",
-    )
-    p.add_argument(
-        "--variant",
-        default="paper",
-        choices=("paper", "kt_pfa"),
-        help="paper (ALGORITHMS.md §3.1) or kt_pfa (reference-repo compat, §3.5)",
-    )
-    p.add_argument(
-        "--model", help="model name (jaxpfl.models): cnn, emnist_cnn, emnist_cnn_tff, ..."
-    )
-    p.add_argument(
-        "--seeds",
-        type=int,
-        nargs="+",
-        default=None,
-        help="run several seeds and report mean ± std (overrides --seed)",
-    )
-    add_data_args(p)
-    add_run_args(p)
-    return p
+def parse(argv: list[str] | None = None) -> Parsed:
+    """The parsed command line (``jaxpfl.cli.Parsed``)."""
+    return CLI.parse(argv)
 
 
-def parse_args(argv=None) -> argparse.Namespace:
-    p = build_parser()
-    pre, _ = p.parse_known_args(argv)
-    p.set_defaults(**PRESETS[pre.preset])
-    return p.parse_args(argv)
-
-
-def make_config(args) -> PersonalizedFedAvgConfig:
-    return PersonalizedFedAvgConfig(
-        rounds=args.rounds,
-        local_epochs=args.local_epochs,
-        batch_size=args.batch_size,
-        client_lr=args.client_lr,
-        server_lr=args.server_lr,
-        server_momentum=args.server_momentum,
-        reptile_rounds=args.reptile_rounds,
-        reptile_steps=args.reptile_steps,
-        reptile_server_lr=args.reptile_server_lr,
-        personalization_epochs=args.pers_epochs,
-        variant=args.variant,
-        shuffle=args.variant != "kt_pfa",
-    )
-
-
-def rounds_to_target(history, key: str, target: float = 0.8):
+def rounds_to_target(history: list[dict], key: str, target: float = 0.8) -> int | None:
     for rec in history:
         if key in rec and rec[key] >= target:
             return rec["round"]
     return None
 
 
-def run_one(args, ds, seed: int, out: str) -> dict:
+def personalization_evaluator(
+    model: Model,
+    cfg: PersonalizedFedAvgConfig,
+    x: jax.Array,
+    y: jax.Array,
+    support: list[np.ndarray],
+    query: list[np.ndarray],
+    strategy: Any,
+) -> Callable:
+    """``(params, rows, keys) -> (init Counts, pers Counts [P])`` for the evaluation clients
+    (rows index ``support``/``query``). The one place that uses ``ClientEvaluator``."""
+    from jaxpfl.core.buckets import Splits
+    from jaxpfl.run import ClientEvaluator
+
+    splits = Splits.from_lists(train=support, test=query)
+    return ClientEvaluator(personalize(model, cfg), x, y, splits, strategy)
+
+
+def run_one(parsed: Parsed, ds: FederatedDataset, seed: int, out: str | None, m: int) -> dict:
     """One full run (stages 1-3) with ``seed``; returns the final record and wall time."""
-    model = get_model(args.model, ds.input_shape, ds.num_classes)
-    cfg = make_config(args)
-    strategy = strategy_from_args(args)
-    phases = [
-        Phase(name, alg, rounds, args.clients)
-        for name, alg, rounds in personalized_fedavg(model, cfg)
-    ]
+    cfg: PersonalizedFedAvgConfig = parsed[PersonalizedFedAvgConfig]
+    exp: Experiment = parsed[Experiment]
+    data: DataConfig = parsed[DataConfig]
+    rc: RunConfig = dataclasses.replace(parsed[RunConfig], seed=seed, out=out)
+    model = get_model(exp.model, ds.input_shape, ds.num_classes)
+    strategy = strategy_from_args(parsed[StrategyArgs])
+    phases = [Phase(name, alg, rounds, m) for name, alg, rounds in personalized_fedavg(model, cfg)]
     eval_clients = np.asarray(ds.eval_clients)
-    if len(eval_clients) == 0:
-        raise ValueError("no held-out evaluation clients: set --holdout-frac > 0 or --n-eval")
-    support, query = support_query(ds, eval_clients, frac=args.train_frac, seed=seed)
+    support, query = support_query(ds, eval_clients, frac=data.train_frac, seed=seed)
     x, y = jnp.asarray(ds.x), jnp.asarray(ds.y)
-    evaluator = ClientEvaluator(personalize(model, cfg), x, y, support, query, strategy)
+    evaluator = personalization_evaluator(model, cfg, x, y, support, query, strategy)
     root = jax.random.key(seed)
-    n_sample = min(args.n_eval_clients, len(eval_clients))
+    n_sample = min(exp.n_eval_clients, len(eval_clients))
 
     def evaluate(state, t, final):
         rows = np.arange(len(eval_clients))
-        if not final and n_sample < len(rows):
+        sub = not final and n_sample < len(rows)
+        if sub:
             pick = jax.random.choice(derive(root, K.EVAL, t), len(rows), (n_sample,), replace=False)
             rows = np.sort(np.asarray(pick))
         keys = jnp.stack([derive(root, K.EVAL, t, int(eval_clients[r])) for r in rows])
         init, pers = evaluator(state.server.params, rows, keys)
-        out = {
+        rec = {
             **summarize(Counts(*init), "init_"),
             **summarize(Counts(*(a[:, -1] for a in pers)), "pers_"),
         }
-        out["pers_acc_mean_by_epoch"] = [
+        rec["pers_acc_mean_by_epoch"] = [
             float(np.mean(pers.correct[:, e] / np.maximum(pers.count[:, e], 1)))
             for e in range(pers.correct.shape[1])
         ]
-        out["final"] = bool(final)
-        return out
+        rec["final"] = bool(final)
+        rec["subsampled"] = bool(sub)
+        return rec
 
-    rc = RunConfig(
-        seed=seed,
-        eval_every=args.eval_every,
-        out=out,
-        checkpoint_every=args.checkpoint_every,
-        resume=args.resume,
-        progress=not args.no_progress,
-        strategy=strategy,
-        config_for_hash=config_text(args, ignore=("seeds",)) + f"seed={seed}",
+    text = parsed.config_text(
+        rc, partition_hash=ds.meta.get("hash"), labels_sha256=ds.meta.get("labels_sha256")
     )
+    rc = dataclasses.replace(rc, strategy=strategy, config_for_hash=text)
 
     def init_params(key):
         return model.init(key, jnp.zeros((1,) + ds.input_shape, jnp.uint8))
@@ -255,27 +373,36 @@ def run_one(args, ds, seed: int, out: str) -> dict:
     result = run(phases, ds, init_params, evaluate, rc, pool=(x, y))
     wall = time.perf_counter() - tic
     hist = result["history"]
-    plot_curves(
-        hist,
-        ["init_acc_mean", "pers_acc_mean"],
-        os.path.join(out, "accuracy.png"),
-        title=f"Personalized FedAvg: {ds.name}, M={args.clients}, E={args.local_epochs}",
-    )
-    final = hist[-1]
+    final = dict(hist[-1])
     final.update(
         wall_seconds=wall,
         train_seconds=result["summary"]["train_seconds"],
         init_rounds_to_0_8=rounds_to_target(hist, "init_acc_mean"),
         pers_rounds_to_0_8=rounds_to_target(hist, "pers_acc_mean"),
     )
-    with open(os.path.join(out, "final.json"), "w") as f:
-        json.dump(final, f, indent=2)
+    if out:
+        plot_curves(
+            hist,
+            ["init_acc_mean", "pers_acc_mean"],
+            os.path.join(out, "accuracy.png"),
+            title=f"Personalized FedAvg: {ds.name}, M={m}, E={cfg.local_epochs}",
+        )
+        with open(os.path.join(out, "final.json"), "w") as f:
+            json.dump(final, f, indent=2)
     return final
 
 
-def print_table(args, ds, finals: list[dict], seeds: list[int]) -> None:
+def print_table(
+    parsed: Parsed, ds: FederatedDataset, finals: list[dict], seeds: list[int], m: int
+) -> dict[str, float]:
+    """The result table; returns our numbers by reference column (mean over seeds)."""
+    cfg: PersonalizedFedAvgConfig = parsed[PersonalizedFedAvgConfig]
+
+    def vals(key, scale=100.0):
+        return np.array([f.get(key, np.nan) for f in finals], np.float64) * scale
+
     def ms(key, scale=100.0):
-        v = np.array([f[key] for f in finals], np.float64) * scale
+        v = vals(key, scale)
         return f"{v.mean():.2f}" + (f" ± {v.std():.2f}" if len(v) > 1 else "")
 
     f0 = finals[0]
@@ -290,44 +417,60 @@ def print_table(args, ds, finals: list[dict], seeds: list[int]) -> None:
     )
     print("|---|---|---|---|---|---|---|---|---|")
     print(
-        f"| {args.clients} | {args.local_epochs} | {args.rounds}+{args.reptile_rounds} "
+        f"| {m} | {cfg.local_epochs} | {cfg.rounds}+{cfg.reptile_rounds} "
         f"| {ms('init_loss_mean', 1.0)} | {ms('init_acc_mean')} | {ms('pers_loss_mean', 1.0)} "
-        f"| {ms('pers_acc_mean')} | {f0['init_n_clients']} | {f0['init_n_examples']} |"
+        f"| {ms('pers_acc_mean')} | {f0.get('init_n_clients')} | {f0.get('init_n_examples')} |"
     )
     print(
         f"(acc = mean over evaluation clients; pooled: initial {ms('init_acc_pooled')}, "
         f"personalized {ms('pers_acc_pooled')}; personalized acc after each of the "
-        f"{args.pers_epochs} epochs: {[round(100 * a, 2) for a in f0['pers_acc_mean_by_epoch']]})"
+        f"{cfg.personalization_epochs} epochs: "
+        f"{[round(100 * a, 2) for a in f0['pers_acc_mean_by_epoch']]})"
     )
-    if args.preset in PUBLISHED:
-        what, table = PUBLISHED[args.preset]
-        ref = table.get((args.clients, args.local_epochs))
-        if ref:
-            print(f"published ({what}): initial {ref[0]:.2f}, personalized {ref[1]:.2f}")
-        else:
-            print(
-                f"published ({what}): no entry for clients/round={args.clients}, "
-                f"E={args.local_epochs}; available {sorted(table)}"
-            )
+    return {
+        COLUMNS[0]: float(vals("init_acc_mean").mean()),
+        COLUMNS[1]: float(vals("pers_acc_mean").mean()),
+    }
 
 
 @main_guard
-def main(argv=None) -> None:
-    args = parse_args(argv)
-    if args.clients < 1:
-        raise ValueError("--clients must be >= 1")
-    ds = load_dataset(args)
-    seeds = args.seeds or [args.seed]
-    out = args.out or os.path.join("runs", "perfedavg")
+def main(argv: list[str] | None = None) -> list[dict]:
+    parsed = parse(argv)
+    exp: Experiment = parsed[Experiment]
+    rc: RunConfig = parsed[RunConfig]
+    if rc.out:
+        prepare_dir(rc.out)
+    ds = load_dataset(parsed[DataConfig])
+    if len(ds.eval_clients) == 0:
+        raise ConfigError(
+            "no held-out evaluation clients: set --holdout-frac > 0 or --n-eval "
+            "(personalization is measured on clients that never trained)"
+        )
+    if len(ds.train_clients) == 0:
+        raise ConfigError("every client is held out; lower --holdout-frac or --n-eval")
+    m = parsed[Sampling].per_round(len(ds.train_clients))
+    seeds = list(exp.seeds or (rc.seed,))
+    out = rc.out
     finals = []
     for seed in seeds:
-        sub = out if len(seeds) == 1 else os.path.join(out, f"seed{seed}")
-        finals.append(run_one(args, ds, seed, sub))
-    print_table(args, ds, finals, seeds)
-    if len(seeds) > 1:
-        with open(os.path.join(out, "seeds.json"), "w") as f:
-            json.dump({"seeds": seeds, "finals": finals}, f, indent=2)
-    print(f"metrics, summary and plot in {out}/", file=sys.stderr)
+        sub = out if len(seeds) == 1 or not out else os.path.join(out, f"seed{seed}")
+        finals.append(run_one(parsed, ds, seed, sub, m))
+    ours = print_table(parsed, ds, finals, seeds, m)
+    run_values = {
+        **parsed.values,
+        "clients_per_round": m,
+        "data_clients": ds.num_clients,
+        "eval_clients": len(ds.eval_clients),
+    }
+    for line in parsed.reference_lines(run_values, ours):
+        print(line)
+    if out:
+        if len(seeds) > 1:
+            with open(os.path.join(out, "seeds.json"), "w") as f:
+                json.dump({"seeds": seeds, "finals": finals}, f, indent=2)
+        save_partition(os.path.join(out, "partition.npz"), ds)
+        print(f"metrics, summary and plot in {out}/", file=sys.stderr)
+    return finals
 
 
 if __name__ == "__main__":

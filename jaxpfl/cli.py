@@ -1,151 +1,706 @@
-"""Shared command-line plumbing for ``experiments/*.py``: data, model and run flags, and the
-one-line error contract (bad input → ``error: ...`` on stderr, exit status 2, no traceback)."""
+"""Command lines generated from config dataclasses; presets as data; one-line errors.
+
+One definition per setting. Every flag of ``experiments/*.py`` is a field of a config dataclass
+(``FedAvgConfig``, ``PersonalizedFedAvgConfig``, ``RunConfig``, :class:`DataConfig`,
+:class:`Sampling`, :class:`StrategyArgs`, or an experiment's own small dataclass):
+
+* the flag is ``--`` + the field name with ``-`` for ``_`` (scripts may add aliases);
+* the type hint gives its type: ``int``, ``float``, ``str``; ``bool`` becomes ``--x/--no-x``;
+  ``X | None`` also accepts ``none``; ``tuple[X, ...]`` takes one or more values;
+* the field default is the default; the help is ``field(metadata={"help": ...})`` or the
+  field's entry in the class docstring's ``Attributes:`` block;
+* ``metadata`` may also give ``choices``, ``exclusive`` (a group name: the fields of a group
+  are spellings of one setting, give at most one) and ``affects_results=False`` (left out of
+  :func:`config_text`, the text a resumed run must match).
+
+Values are layered: field default < the script's defaults < ``--preset`` < ``--smoke`` <
+flags given on the command line. Validation is each dataclass's own ``__post_init__`` raising
+:class:`~jaxpfl.errors.ConfigError`; field names in its message are shown as the flags.
+
+Errors: :func:`main_guard` prints the project's own errors (:class:`~jaxpfl.errors.JaxpflError`)
+and device out-of-memory as one line ``error: ...`` and exits with status 2; any other
+exception is a bug and keeps its traceback.
+"""
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import functools
+import inspect
 import json
+import math
+import os
+import re
 import sys
-from collections.abc import Callable
+import time
+import types
+import typing
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
-from jaxpfl.core.engine import STRATEGIES, Strategy, default_strategy
-from jaxpfl.core.train import ExecOptions
-from jaxpfl.data.dataset import DataError, FederatedDataset
-from jaxpfl.run import RunError
+from jaxpfl.core.engine import STRATEGIES
+from jaxpfl.data.federate import PARTITIONS, POOLS
+from jaxpfl.errors import ConfigError, JaxpflError
+
+__all__ = [
+    "DEFAULT_NUM_CLIENTS",
+    "NO_EFFECT",
+    "RESULT_FIELDS",
+    "AtLeast",
+    "CliParser",
+    "DataConfig",
+    "ExperimentCli",
+    "FieldSpec",
+    "Parsed",
+    "Preset",
+    "Reference",
+    "Sampling",
+    "StrategyArgs",
+    "add_config_args",
+    "build_config",
+    "config_from_args",
+    "config_text",
+    "field_specs",
+    "format_value",
+    "load_dataset",
+    "main_guard",
+    "one_line",
+    "prepare_dir",
+    "results_fields",
+    "strategy_from_args",
+]
+
+#: ``field(metadata=NO_EFFECT)``: the field never changes what a run computes (paths, progress
+#: bars, how clients are mapped), so :func:`config_text` leaves it out.
+NO_EFFECT: Mapping[str, Any] = types.MappingProxyType({"affects_results": False})
+
+#: For config classes defined outside the experiments whose fields carry no ``affects_results``
+#: metadata: the fields that change results. ``RunConfig`` documents that it is "how a run is
+#: driven (never what an algorithm computes)"; its seed is the root of every key and
+#: ``eval_every`` decides what is recorded. Every other class: all fields, unless marked.
+RESULT_FIELDS: dict[type, tuple[str, ...]] = {}
 
 
-def add_data_args(p: argparse.ArgumentParser, **defaults: Any) -> None:
-    """--dataset --data-dir --partition --num-clients --alpha --train-frac --holdout-frac ..."""
-    g = p.add_argument_group("data")
-    g.add_argument(
-        "--dataset",
-        default="mnist_embedded",
-        help="data source: mnist_embedded (shipped, no download), mnist, fashion_mnist "
-        "(IDX files), emnist / cifar10 / tfds:NAME (prepared tfds dir), "
-        "emnist_tff (TFF HDF5 writers), femnist (LEAF JSON writers)",
-    )
-    g.add_argument(
-        "--data-dir", default=None, help="directory of the dataset files (source default)"
-    )
-    g.add_argument(
-        "--partition",
-        default="dirichlet",
-        help="iid, dirichlet, flower_dirichlet, pfllib_dir, shards, pfllib_pat, natural",
-    )
-    g.add_argument(
-        "--num-clients",
-        type=int,
-        default=100,
-        help="total clients K (natural: None/0 = every writer)",
-    )
-    g.add_argument("--alpha", type=float, default=0.5, help="Dirichlet concentration (> 0)")
-    g.add_argument("--shards-per-client", type=int, default=2, help="shards per client (shards)")
-    g.add_argument(
-        "--class-per-client", type=int, default=2, help="classes per client (pfllib_pat)"
-    )
-    g.add_argument(
-        "--train-frac",
-        type=float,
-        default=0.8,
-        help="per-client train (support) fraction; the rest is test (query)",
-    )
-    g.add_argument(
-        "--holdout-frac",
-        type=float,
-        default=0.2,
-        help="fraction of clients held out for evaluation (never trained on)",
-    )
-    g.add_argument(
-        "--n-eval",
-        type=int,
-        default=None,
-        help="number of held-out clients (overrides --holdout-frac)",
-    )
-    g.add_argument(
-        "--holdout-seed",
-        type=int,
-        default=None,
-        help="seed of the held-out client draw (default: the partition seed)",
-    )
-    g.add_argument(
-        "--partition-seed",
-        type=int,
-        default=None,
-        help="seed of the partition (default: --seed; pfllib modes use their own)",
-    )
-    g.add_argument("--min-size", type=int, default=10, help="minimum client size (dirichlet)")
-    p.set_defaults(**defaults)
+# ----------------------------------------------------------------------------------- errors
 
 
-def load_dataset(args: argparse.Namespace) -> FederatedDataset:
-    """Load the source named by ``--dataset`` and partition it as the flags say."""
+class CliParser(argparse.ArgumentParser):
+    """argparse with one-line errors (``error: ...``, exit status 2) and no abbreviations
+    (``--rep 3`` is an error, not a guess at ``--reptile-rounds``)."""
+
+    def __init__(self, *args: Any, **kwargs: Any):
+        kwargs.setdefault("allow_abbrev", False)
+        super().__init__(*args, **kwargs)
+
+    def error(self, message: str) -> typing.NoReturn:
+        print(f"error: {' '.join(message.split())} (see --help)", file=sys.stderr)
+        sys.exit(2)
+
+
+_OOM_HINT = (
+    "device out of memory (RESOURCE_EXHAUSTED); lower --chunk-size (with --strategy chunked), "
+    "lower the clients per round (--clients / --participation), or use --strategy sequential"
+)
+
+
+def _is_oom(e: BaseException) -> bool:
+    """A device allocation failure: XLA's runtime error whose text has RESOURCE_EXHAUSTED."""
+    import jax
+
+    kinds: tuple[type, ...] = tuple(
+        t for t in (getattr(jax.errors, "JaxRuntimeError", None),) if isinstance(t, type)
+    )
+    try:
+        from jaxlib.xla_extension import XlaRuntimeError  # older jaxlib
+
+        kinds += (XlaRuntimeError,)
+    except ImportError:
+        pass
+    return isinstance(e, kinds or (RuntimeError,)) and "RESOURCE_EXHAUSTED" in str(e)
+
+
+def one_line(e: BaseException) -> str:
+    """The exception's message on one line (its type name when it has none)."""
+    return " ".join(str(e).split()) or type(e).__name__
+
+
+def main_guard(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Run ``fn``; the project's own errors and device OOM print one line ``error: ...`` on
+    stderr and exit with status 2. Every other exception is an internal bug: it propagates
+    with its traceback."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except JaxpflError as e:
+            print(f"error: {one_line(e)}", file=sys.stderr)
+            sys.exit(2)
+        except KeyboardInterrupt:
+            print("interrupted", file=sys.stderr)
+            sys.exit(130)
+        except Exception as e:
+            if not _is_oom(e):
+                raise
+            detail = one_line(e).split("RESOURCE_EXHAUSTED", 1)[1].lstrip(": ")[:160]
+            print(f"error: {_OOM_HINT}" + (f" [{detail}]" if detail else ""), file=sys.stderr)
+            sys.exit(2)
+
+    return wrapper
+
+
+# --------------------------------------------------------------------- dataclass -> flags
+
+
+@dataclasses.dataclass(frozen=True)
+class FieldSpec:
+    """One config field as a command-line flag."""
+
+    cls: type
+    name: str
+    flag: str
+    aliases: tuple[str, ...]
+    kind: type
+    optional: bool
+    many: bool
+    choices: tuple[Any, ...] | None
+    default: Any
+    help: str
+    exclusive: str | None
+    affects_results: bool
+
+
+def _attribute_docs(cls: type) -> dict[str, str]:
+    """``{field: text}`` from the ``Attributes:`` block of ``cls``'s own docstring."""
+    doc = inspect.cleandoc(cls.__dict__.get("__doc__") or "")
+    out: dict[str, str] = {}
+    inside, name, indent = False, None, None
+    for line in doc.splitlines():
+        if not inside:
+            inside = line.strip() == "Attributes:"
+            continue
+        if not line.strip():
+            name = None
+            continue
+        ind = len(line) - len(line.lstrip())
+        if ind == 0:
+            break
+        m = re.match(r"(\w+)(?:\s*\([^)]*\))?:\s?(.*)$", line.strip())
+        if m and (indent is None or ind <= indent):
+            indent, name = ind, m.group(1)
+            out[name] = m.group(2).strip()
+        elif name is not None:
+            out[name] = f"{out[name]} {line.strip()}".strip()
+    return out
+
+
+def _resolve_type(cls: type, name: str, hint: Any) -> tuple[type, bool, bool, tuple | None]:
+    """(kind, optional, many, choices) of a field's type hint."""
+    optional = many = False
+    choices = None
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(hint) if a is not type(None)]
+        optional = len(args) < len(typing.get_args(hint))
+        if len(args) != 1:
+            raise TypeError(f"{cls.__name__}.{name}: unsupported type {hint!r} for a flag")
+        hint = args[0]
+    if typing.get_origin(hint) is tuple:
+        args = typing.get_args(hint)
+        if len(args) != 2 or args[1] is not Ellipsis:
+            raise TypeError(f"{cls.__name__}.{name}: only tuple[X, ...] is supported")
+        many, hint = True, args[0]
+    if typing.get_origin(hint) is typing.Literal:
+        choices = typing.get_args(hint)
+        hint = type(choices[0])
+    if hint not in (int, float, str, bool):
+        raise TypeError(f"{cls.__name__}.{name}: unsupported type {hint!r} for a flag")
+    return hint, optional, many, choices
+
+
+def field_specs(
+    cls: type,
+    *,
+    aliases: Mapping[str, Sequence[str]] | None = None,
+    exclude: Iterable[str] = (),
+) -> list[FieldSpec]:
+    """The flags of dataclass ``cls``: one per init field not in ``exclude``."""
+    if not dataclasses.is_dataclass(cls):
+        raise TypeError(f"{cls!r} is not a dataclass")
+    hints = typing.get_type_hints(cls)
+    docs = _attribute_docs(cls)
+    skip = set(exclude)
+    specs = []
+    for f in dataclasses.fields(cls):
+        if not f.init or f.name in skip:
+            continue
+        if f.default is not dataclasses.MISSING:
+            default = f.default
+        elif f.default_factory is not dataclasses.MISSING:
+            default = f.default_factory()
+        else:
+            raise TypeError(f"{cls.__name__}.{f.name} needs a default to become a flag")
+        kind, optional, many, choices = _resolve_type(cls, f.name, hints[f.name])
+        choices = tuple(f.metadata.get("choices", choices) or ()) or None
+        specs.append(
+            FieldSpec(
+                cls=cls,
+                name=f.name,
+                flag="--" + f.name.replace("_", "-"),
+                aliases=tuple((aliases or {}).get(f.name, ())),
+                kind=kind,
+                optional=optional,
+                many=many,
+                choices=choices,
+                default=tuple(default) if many and default is not None else default,
+                help=str(f.metadata.get("help") or docs.get(f.name) or f.name.replace("_", " ")),
+                exclusive=f.metadata.get("exclusive"),
+                affects_results=_affects_results(cls, f),
+            )
+        )
+    return specs
+
+
+def format_value(v: Any) -> str:
+    """A value as it is written on the command line."""
+    if v is None:
+        return "none"
+    if isinstance(v, bool):
+        return "on" if v else "off"
+    if isinstance(v, tuple | list):
+        return " ".join(format_value(a) for a in v)
+    if isinstance(v, float):
+        return f"{v:g}"
+    return str(v)
+
+
+def _as_flag(spec: FieldSpec, v: Any) -> str:
+    if spec.kind is bool and not spec.many and v is not None:
+        return spec.flag if v else "--no-" + spec.flag[2:]
+    return f"{spec.flag} {format_value(v)}"
+
+
+_WHAT = {int: "an integer", float: "a number", str: "a string", bool: "on/off"}
+
+
+def _short(text: str) -> str:
+    return re.split(r"[;(]", text, maxsplit=1)[0].strip()
+
+
+def _converter(spec: FieldSpec) -> Callable[[str], Any]:
+    def convert(text: str) -> Any:
+        if spec.optional and text.lower() == "none":
+            return None
+        try:
+            value = spec.kind(text) if spec.kind is not str else text
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f"expected {_WHAT[spec.kind]}{' or none' if spec.optional else ''}, got "
+                f"{text!r} ({spec.flag}: {_short(spec.help)})"
+            ) from None
+        if spec.choices is not None and value not in spec.choices:
+            raise argparse.ArgumentTypeError(
+                f"invalid choice: {text!r} (choose from {', '.join(map(str, spec.choices))})"
+            )
+        return value
+
+    convert.__name__ = spec.kind.__name__
+    return convert
+
+
+def _coerce(spec: FieldSpec, v: Any, where: str) -> Any:
+    """Check (and normalise) a value from a preset or a namespace against the field's type."""
+
+    def one(a: Any) -> Any:
+        if a is None and spec.optional:
+            return None
+        if spec.kind is bool:
+            ok = isinstance(a, bool)
+        else:
+            kinds = (int, float) if spec.kind is float else (spec.kind,)
+            ok = isinstance(a, kinds) and not isinstance(a, bool)
+        if not ok:
+            raise ConfigError(f"{where}: {spec.flag} must be {_WHAT[spec.kind]}, got {a!r}")
+        if spec.choices is not None and a not in spec.choices:
+            raise ConfigError(f"{where}: {spec.flag} must be one of {spec.choices}, got {a!r}")
+        return float(a) if spec.kind is float else a
+
+    if spec.many:
+        if v is None and spec.optional:
+            return None
+        if not isinstance(v, tuple | list):
+            raise ConfigError(f"{where}: {spec.flag} takes a list of values, got {v!r}")
+        return tuple(one(a) for a in v)
+    return one(v)
+
+
+def _escape(text: str) -> str:
+    return text.replace("%", "%%")
+
+
+def add_config_args(
+    parser: argparse.ArgumentParser,
+    cls: type,
+    *,
+    group: str | Any | None = None,
+    aliases: Mapping[str, Sequence[str]] | None = None,
+    exclude: Iterable[str] = (),
+    defaults: Mapping[str, Any] | None = None,
+    suppress: bool = False,
+) -> list[FieldSpec]:
+    """Add one flag per field of dataclass ``cls`` to ``parser`` (in argument group ``group``:
+    a title or an existing group). ``defaults`` override the shown (and, unless ``suppress``,
+    parsed) defaults; with ``suppress`` only flags given on the command line appear in the
+    namespace. Returns the specs (dest = field name)."""
+    target = parser.add_argument_group(group) if isinstance(group, str) else group or parser
+    specs = field_specs(cls, aliases=aliases, exclude=exclude)
+    for s in specs:
+        default = (defaults or {}).get(s.name, s.default)
+        kw: dict[str, Any] = dict(
+            dest=s.name,
+            help=_escape(f"{s.help} [default: {format_value(default)}]"),
+            default=argparse.SUPPRESS if suppress else default,
+        )
+        if s.kind is bool and not s.many:
+            target.add_argument(s.flag, *s.aliases, action=argparse.BooleanOptionalAction, **kw)
+        else:
+            metavar = (
+                "{" + ",".join(map(str, s.choices)) + "}"
+                if s.choices
+                else {int: "N", float: "X", str: "TEXT"}[s.kind]
+            )
+            target.add_argument(
+                s.flag,
+                *s.aliases,
+                type=_converter(s),
+                nargs="+" if s.many else None,
+                metavar=metavar,
+                **kw,
+            )
+    return specs
+
+
+def _flagify(message: str, specs: Sequence[FieldSpec], spelled: Mapping[str, str]) -> str:
+    """Show field names in a config error as the flags the user types: every name with an
+    underscore, and a field name that starts the message; canonical flags become the alias
+    the user spelled."""
+    flags = {s.name: spelled.get(s.name, s.flag) for s in specs}
+
+    def sub(m: re.Match) -> str:
+        return flags[m.group(0)]
+
+    names = sorted((n for n in flags if "_" in n), key=len, reverse=True)
+    if names:
+        message = re.sub(r"(?<![\w-])(" + "|".join(names) + r")(?![\w-])", sub, message)
+    m = re.match(r"(\w+)(?![\w-])", message)
+    if m and m.group(1) in flags:
+        message = flags[m.group(1)] + message[m.end() :]
+    for s in specs:
+        if s.name in spelled:
+            message = re.sub(rf"(?<![\w-]){re.escape(s.flag)}(?![\w-])", spelled[s.name], message)
+    return message
+
+
+def build_config(
+    cls: type,
+    values: Mapping[str, Any],
+    specs: Sequence[FieldSpec] | None = None,
+    spelled: Mapping[str, str] | None = None,
+) -> Any:
+    """``cls(**values)``; its ``ConfigError`` is re-raised with field names shown as flags."""
+    specs = field_specs(cls) if specs is None else specs
+    try:
+        return cls(**values)
+    except ConfigError as e:
+        raise ConfigError(_flagify(one_line(e), specs, spelled or {})) from None
+
+
+def config_from_args(cls: type, args: argparse.Namespace | Mapping[str, Any]) -> Any:
+    """Build dataclass ``cls`` from a namespace filled by :func:`add_config_args` (fields absent
+    from it keep their defaults); validation errors name the flags."""
+    got = vars(args) if isinstance(args, argparse.Namespace) else dict(args)
+    specs = field_specs(cls)
+    values = {s.name: _coerce(s, got[s.name], "flag") for s in specs if s.name in got}
+    return build_config(cls, values, specs)
+
+
+# ----------------------------------------------------------------------- config text
+
+
+def _affects_results(cls: type, f: dataclasses.Field) -> bool:
+    """A field's ``affects_results`` metadata, else :data:`RESULT_FIELDS` of its class, else
+    True: a field changes results unless it says (or its class documents) otherwise."""
+    affects = f.metadata.get("affects_results")
+    if affects is None:
+        keep = RESULT_FIELDS.get(cls)
+        affects = keep is None or f.name in keep
+    return bool(affects)
+
+
+def results_fields(cfg: Any) -> dict[str, Any]:
+    """The fields of config ``cfg`` that change what a run computes (see :data:`NO_EFFECT`)."""
+    fields = dataclasses.fields(cfg)
+    return {f.name: getattr(cfg, f.name) for f in fields if _affects_results(type(cfg), f)}
+
+
+def config_text(*configs: Any, **extra: Any) -> str:
+    """Canonical JSON of every results-changing field of ``configs`` (by class name) plus
+    ``extra`` (e.g. the partition's content hash): what a resumed run must match."""
+    doc: dict[str, Any] = {type(c).__name__: results_fields(c) for c in configs}
+    doc.update(extra)
+    return json.dumps(doc, sort_keys=True, default=str)
+
+
+def _fresh_run_dir(base: str, resume: bool) -> str:
+    """Without ``--out`` every run gets a folder of its own, ``BASE/<date-time>``, so the same
+    command can be run again and again (``--resume`` needs the folder it continues)."""
+    if resume:
+        raise ConfigError("--resume needs --out DIR: the folder of the run to continue")
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    path, i = os.path.join(base, stamp), 1
+    while os.path.exists(path):
+        i += 1
+        path = os.path.join(base, f"{stamp}-{i}")
+    return path
+
+
+def prepare_dir(path: str, flag: str = "--out") -> str:
+    """Create the output folder ``path`` now, so an unusable path is a one-line error before
+    any work (``ConfigError`` naming ``flag``); returns ``path``."""
+    try:
+        os.makedirs(path, exist_ok=True)
+    except OSError as e:
+        raise ConfigError(f"{flag} {path}: cannot create the folder ({e.strerror or e})") from None
+    if not os.access(path, os.W_OK):
+        raise ConfigError(f"{flag} {path}: the folder is not writable")
+    return path
+
+
+# ------------------------------------------------------------------- shared configs
+
+
+@dataclasses.dataclass(frozen=True)
+class DataConfig:
+    """What the clients hold: a source partitioned by ``jaxpfl.data.federate.federate`` (the
+    same argument names; ``partition_seed`` is its ``seed``, ``partition_batch_size`` its
+    ``batch_size``), or a saved split replayed exactly with ``partition_file``.
+
+    Attributes:
+      dataset: data source: mnist_embedded (shipped, no download), mnist, fashion_mnist (IDX
+        files), emnist / cifar10 / tfds:NAME (prepared tfds dir), emnist_tff (TFF HDF5
+        writers), femnist (LEAF JSON writers)
+      data_dir: folder of the dataset files (none: the source's default)
+      partition_file: replay this saved split (an .npz of experiments/partition.py or
+        save_partition) instead of partitioning; leave the partition flags out
+      partition: how examples become clients: iid, dirichlet, flower_dirichlet, pfllib_dir
+        (PFLlib exact), shards, pfllib_pat (PFLlib exact), natural (writers)
+      num_clients: total clients K (none: 20, or every writer for natural)
+      alpha: Dirichlet concentration, > 0; smaller = more label skew (dirichlet,
+        flower_dirichlet, pfllib_dir)
+      shards_per_client: shards per client (shards)
+      num_shards: total shards S (shards; none: K x shards-per-client)
+      shard_size: examples per shard (shards; none: N / S)
+      class_per_client: classes per client (pfllib_pat)
+      balance: balancing of the mode (none: its default; dirichlet on, flower and PFLlib off)
+      train_frac: share of each client's examples in its train split, the rest is its test
+        split (PFLlib train_ratio 0.75); also the support share of held-out clients without
+        their own split
+      holdout_frac: share of clients held out for evaluation (never trained on)
+      n_eval: number of held-out clients (none: use --holdout-frac)
+      partition_seed: seed of the partition (none: the partition's own; 1 for pfllib_*, as
+        PFLlib, 42 for flower_dirichlet, else 0); independent of --seed
+      holdout_seed: seed of the held-out client draw (none: the partition seed)
+      pool: what is partitioned: concat = train+test (PFLlib), train = the train set (the
+        test set stays a central test set), separate = train set to training clients, test set
+        to held-out clients
+      min_size: smallest allowed client (dirichlet, flower_dirichlet)
+      min_samples: drop writers with fewer examples (natural)
+      max_tries: resampling cap of the Dirichlet modes (none: the mode's default)
+      partition_batch_size: PFLlib's B in least_samples = min(B / (1 - train_frac), N / K / 2)
+        (pfllib_*)
+      allow_empty: accept clients without examples
+    """
+
+    dataset: str = dataclasses.field(default="mnist_embedded", metadata={"source": True})
+    data_dir: str | None = dataclasses.field(default=None, metadata={**NO_EFFECT, "source": True})
+    partition_file: str | None = dataclasses.field(
+        default=None, metadata={**NO_EFFECT, "source": True}
+    )
+    partition: str = dataclasses.field(default="dirichlet", metadata={"choices": tuple(PARTITIONS)})
+    num_clients: int | None = None
+    alpha: float = 0.1
+    shards_per_client: int = 2
+    num_shards: int | None = None
+    shard_size: int | None = None
+    class_per_client: int = 2
+    balance: bool | None = None
+    train_frac: float = 0.75
+    holdout_frac: float = 0.0
+    n_eval: int | None = None
+    partition_seed: int | None = None
+    holdout_seed: int | None = None
+    pool: str = dataclasses.field(default="concat", metadata={"choices": tuple(POOLS)})
+    min_size: int = 10
+    min_samples: int = 1
+    max_tries: int | None = None
+    partition_batch_size: int = 10
+    allow_empty: bool = False
+
+    def __post_init__(self):
+        def at_least(name: str, lo: int, none_ok: bool = True, note: str = "") -> None:
+            v = getattr(self, name)
+            if v is None and none_ok:
+                return
+            flag = "--" + name.replace("_", "-")
+            if isinstance(v, bool) or not isinstance(v, int):
+                raise ConfigError(f"{flag} must be an integer >= {lo}{note}, got {v!r}")
+            if v < lo:
+                raise ConfigError(f"{flag} must be >= {lo}{note}, got {v!r}")
+
+        if not self.dataset:
+            raise ConfigError("--dataset must name a data source")
+        at_least("num_clients", 1, note=" (none: every writer for --partition natural)")
+        if not 0 < self.alpha < math.inf:
+            raise ConfigError(f"--alpha must be > 0, got {self.alpha}")
+        if not 0.0 <= self.train_frac <= 1.0:
+            raise ConfigError(f"--train-frac must be in [0, 1], got {self.train_frac}")
+        if not 0.0 <= self.holdout_frac < 1.0:
+            raise ConfigError(f"--holdout-frac must be in [0, 1), got {self.holdout_frac}")
+        at_least("n_eval", 1, note=" (none: use --holdout-frac)")
+        for name in ("partition_seed", "holdout_seed", "min_size"):
+            at_least(name, 0)
+        for name in ("shards_per_client", "class_per_client", "min_samples"):
+            at_least(name, 1, none_ok=False)
+        for name in ("num_shards", "shard_size", "max_tries"):
+            at_least(name, 1)
+        at_least("partition_batch_size", 1, none_ok=False)
+
+
+#: K when ``--num-clients`` is none and the partition is not ``natural`` (PFLlib's K).
+DEFAULT_NUM_CLIENTS = 20
+
+
+def load_dataset(cfg: DataConfig) -> Any:
+    """Load ``cfg.dataset`` and partition it as ``cfg`` says, or replay ``cfg.partition_file``.
+
+    The PFLlib modes use their own fixed stream (``RandomState(1)``, PFLlib's seed, continued
+    into the per-client split) unless ``partition_seed`` is set; no partition follows the
+    run's ``--seed``.
+    """
+    from jaxpfl.data.sources import load_raw  # looked up at call time (tests replace it)
+
+    raw = load_raw(cfg.dataset, cfg.data_dir)
+    if cfg.partition_file is not None:
+        from jaxpfl.data.store import load_partition
+
+        return load_partition(cfg.partition_file, raw)
     from jaxpfl.data.federate import federate
-    from jaxpfl.data.sources import load_raw
 
-    if args.alpha is not None and not args.alpha > 0:
-        raise DataError(f"--alpha must be > 0 (got {args.alpha})")
-    raw = load_raw(args.dataset, args.data_dir)
-    num_clients = args.num_clients if args.num_clients else None
+    k = cfg.num_clients
+    if k is None and cfg.partition != "natural":
+        k = DEFAULT_NUM_CLIENTS
     return federate(
         raw,
-        args.partition,
-        num_clients,
-        alpha=args.alpha,
-        shards_per_client=args.shards_per_client,
-        class_per_client=args.class_per_client,
-        train_frac=args.train_frac,
-        holdout_frac=args.holdout_frac,
-        n_eval=args.n_eval,
-        seed=args.partition_seed if args.partition_seed is not None else args.seed,
-        min_size=args.min_size,
-        holdout_seed=args.holdout_seed,
+        cfg.partition,
+        k,
+        alpha=cfg.alpha,
+        shards_per_client=cfg.shards_per_client,
+        num_shards=cfg.num_shards,
+        shard_size=cfg.shard_size,
+        class_per_client=cfg.class_per_client,
+        balance=cfg.balance,
+        train_frac=cfg.train_frac,
+        holdout_frac=cfg.holdout_frac,
+        n_eval=cfg.n_eval,
+        seed=cfg.partition_seed,
+        holdout_seed=cfg.holdout_seed,
+        pool=cfg.pool,
+        min_size=cfg.min_size,
+        min_samples=cfg.min_samples,
+        max_tries=cfg.max_tries,
+        batch_size=cfg.partition_batch_size,
+        allow_empty=cfg.allow_empty,
     )
 
 
-def add_run_args(p: argparse.ArgumentParser, **defaults: Any) -> None:
-    """--seed --out --resume --eval-every --checkpoint-every --strategy --chunk-size ..."""
-    g = p.add_argument_group("run")
-    g.add_argument("--seed", type=int, default=0, help="seed of init, sampling and data order")
-    g.add_argument(
-        "--out",
-        default=None,
-        help="output directory (metrics.jsonl, summary, plot, "
-        "checkpoints); default runs/<experiment>",
+@dataclasses.dataclass(frozen=True)
+class Sampling:
+    """Clients per round (ALGORITHMS.md §1.4), as a count or as a fraction: give one.
+
+    Attributes:
+      clients: clients per round M, a count (an integer >= 1, at most the training clients)
+      participation: clients per round as a fraction C in (0, 1] of the training clients
+        (M = max(1, floor(C K)))
+    """
+
+    clients: int | None = dataclasses.field(default=None, metadata={"exclusive": "per_round"})
+    participation: float | None = dataclasses.field(
+        default=None, metadata={"exclusive": "per_round"}
     )
-    g.add_argument(
-        "--resume",
-        action="store_true",
-        help="resume from the last checkpoint in --out (same configuration only)",
-    )
-    g.add_argument("--eval-every", type=int, default=10, help="evaluate every k rounds")
-    g.add_argument(
-        "--checkpoint-every",
-        type=int,
-        default=0,
-        help="checkpoint every N rounds (0: only at the end)",
-    )
-    g.add_argument(
-        "--strategy",
-        default=None,
-        choices=STRATEGIES,
-        help="how clients are mapped (default: fastest measured for the backend: "
-        "sequential on CPU, vmap on GPU/TPU)",
-    )
-    g.add_argument("--chunk-size", type=int, default=8, help="clients per chunk (chunked)")
-    g.add_argument(
-        "--step-block",
-        type=int,
-        default=None,
-        help="steps per jitted call in sequential mode (default 1 on CPU)",
-    )
-    g.add_argument("--unroll", type=int, default=1, help="scan unroll factor (jitted strategies)")
-    g.add_argument("--no-progress", action="store_true", help="hide the progress bar")
-    p.set_defaults(**defaults)
+
+    def __post_init__(self):
+        if (self.clients is None) == (self.participation is None):
+            raise ConfigError(
+                "give the clients per round once: --clients N (a count) or --participation C "
+                "(a fraction in (0, 1])"
+            )
+        c = self.clients
+        if c is not None and (isinstance(c, bool) or not isinstance(c, int) or c < 1):
+            raise ConfigError(
+                f"--clients must be an integer >= 1 (clients per round), got {c!r}; "
+                "for a fraction use --participation"
+            )
+        p = self.participation
+        if p is not None and not (isinstance(p, int | float) and 0.0 < p <= 1.0):
+            raise ConfigError(
+                f"--participation must be a fraction in (0, 1], got {p!r}; "
+                "for a count of clients per round use --clients"
+            )
+
+    def per_round(self, num_train: int) -> int:
+        """M for ``num_train`` training clients (an error when the count exceeds them)."""
+        if self.clients is not None:
+            if self.clients > num_train:
+                raise ConfigError(
+                    f"--clients {self.clients} per round, but the data has {num_train} "
+                    "training clients; lower --clients (or raise --num-clients)"
+                )
+            return int(self.clients)
+        return max(1, math.floor(float(self.participation) * num_train))
 
 
-def strategy_from_args(args: argparse.Namespace) -> Strategy:
+@dataclasses.dataclass(frozen=True)
+class StrategyArgs:
+    """How clients are mapped onto the device; never what is computed.
+
+    Attributes:
+      strategy: vmap, chunked, sequential or sharded (none: the fastest measured for the
+        backend: sequential on CPU, vmap on GPU/TPU)
+      chunk_size: clients per chunk (--strategy chunked; lower it when the device runs out of
+        memory)
+      step_block: steps per jitted call with --strategy sequential (none: 1 on CPU)
+      unroll: scan unroll factor (jitted strategies)
+    """
+
+    strategy: str | None = dataclasses.field(
+        default=None, metadata={**NO_EFFECT, "choices": tuple(STRATEGIES)}
+    )
+    chunk_size: int = dataclasses.field(default=8, metadata=NO_EFFECT)
+    step_block: int | None = dataclasses.field(default=None, metadata=NO_EFFECT)
+    unroll: int = dataclasses.field(default=1, metadata=NO_EFFECT)
+
+    def __post_init__(self):
+        for name in ("chunk_size", "step_block", "unroll"):
+            v = getattr(self, name)
+            if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 1):
+                raise ConfigError(f"--{name.replace('_', '-')} must be an integer >= 1, got {v!r}")
+
+
+def strategy_from_args(args: StrategyArgs) -> Any:
+    """The engine's ``Strategy`` for ``args`` (the backend's default where none is given)."""
+    from jaxpfl.core.engine import Strategy, default_strategy
+    from jaxpfl.core.train import ExecOptions
+
     base = default_strategy()
     name = args.strategy or base.name
     block = args.step_block if args.step_block is not None else base.exec.step_block
@@ -156,37 +711,431 @@ def strategy_from_args(args: argparse.Namespace) -> Strategy:
     )
 
 
-def config_text(args: argparse.Namespace, ignore: tuple[str, ...] = ()) -> str:
-    """The experiment's configuration as canonical JSON (what resume must match)."""
-    skip = {
-        "resume",
-        "no_progress",
-        "out",
-        "strategy",
-        "chunk_size",
-        "step_block",
-        "unroll",
-        "checkpoint_every",
-        *ignore,
-    }
-    return json.dumps(
-        {k: v for k, v in sorted(vars(args).items()) if k not in skip}, sort_keys=True
-    )
+# ----------------------------------------------------------------- presets and references
 
 
-def main_guard(fn: Callable[[], Any]) -> Callable[[], Any]:
-    """Run ``fn``; bad input or a failed run prints ``error: ...`` and exits with status 2."""
+@dataclasses.dataclass(frozen=True)
+class AtLeast:
+    """A reference setting satisfied by any value >= ``value`` (e.g. enough rounds)."""
 
-    @functools.wraps(fn)
-    def wrapper():
-        try:
-            return fn()
-        except (DataError, RunError, ValueError, FileNotFoundError, OSError) as e:
-            msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-            print(f"error: {msg}", file=sys.stderr)
-            sys.exit(2)
-        except KeyboardInterrupt:
-            print("interrupted", file=sys.stderr)
-            sys.exit(130)
+    value: float
 
-    return wrapper
+    def matches(self, v: Any) -> bool:
+        return isinstance(v, int | float) and not isinstance(v, bool) and v >= self.value
+
+    def __str__(self) -> str:
+        return f">= {format_value(self.value)}"
+
+
+@dataclasses.dataclass(frozen=True)
+class Reference:
+    """Numbers someone measured, and the setting they were measured in.
+
+    ``values`` maps a cell (the run's values of the names in ``cell``) to one number per
+    ``columns`` entry. ``setting`` maps names (fields, or derived names the script supplies,
+    such as ``clients_per_round``) to the value of the measurement (or :class:`AtLeast`).
+    With ``whole_preset``, every results-changing value of the preset (except ``ignore``: the
+    seed, and the two spellings of clients per round, which a derived ``clients_per_round``
+    states once) is part of the setting too (``setting`` entries override it).
+    """
+
+    source: str
+    metric: str
+    columns: tuple[str, ...]
+    values: Mapping[tuple, tuple[float, ...]]
+    cell: tuple[str, ...] = ()
+    setting: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    whole_preset: bool = False
+    ignore: tuple[str, ...] = ("seed", "clients", "participation")
+
+
+@dataclasses.dataclass(frozen=True)
+class Preset:
+    """A named reference setting: field overrides, the exact command, what its result is
+    compared with, and its cost on a 2-core CPU. ``smoke``: overrides that shrink it to a
+    seconds-long run (``--smoke``; for tests, the numbers mean nothing)."""
+
+    name: str
+    about: str
+    overrides: Mapping[str, Any]
+    command: str
+    cost: str
+    smoke: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    references: tuple[Reference, ...] = ()
+    data: str = "shipped with jaxpfl"
+
+
+@dataclasses.dataclass(frozen=True)
+class Parsed:
+    """The parsed command line: one config instance per section class, the resolved values
+    of every flag, which flags were given, and the preset."""
+
+    cli: ExperimentCli
+    preset: Preset | None
+    smoke: bool
+    values: Mapping[str, Any]
+    given: frozenset[str]
+    configs: Mapping[type, Any]
+    spelled: Mapping[str, str]
+
+    def __getitem__(self, cls: type) -> Any:
+        return self.configs[cls]
+
+    def flag(self, name: str) -> str:
+        if name in self.cli.specs:
+            return self.spelled.get(name, self.cli.specs[name].flag)
+        return self.cli.derived.get(name, name)
+
+    def config_text(self, *replaced: Any, **extra: Any) -> str:
+        """:func:`config_text` of every section's config (``replaced`` configs stand in for
+        those of their class, e.g. a ``RunConfig`` with one seed of ``--seeds``)."""
+        configs = dict(self.configs)
+        for c in replaced:
+            if type(c) not in configs:
+                raise TypeError(f"{type(c).__name__} is not a section of this command line")
+            configs[type(c)] = c
+        return config_text(*configs.values(), **extra)
+
+    def reference_lines(self, run_values: Mapping[str, Any], ours: Mapping[str, float]) -> list:
+        """One line per reference of the preset: the published numbers beside ours when the
+        run's setting matches, else ``not comparable: ...`` naming what differs."""
+        return self.cli.reference_lines(self, run_values, ours)
+
+
+class _Removed(argparse.Action):
+    def __init__(self, *args: Any, hint: str = "", **kwargs: Any):
+        self.hint = hint
+        super().__init__(*args, **kwargs)
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        parser.error(f"{option_string} was removed: {self.hint}")
+
+
+_CONTROL = ("preset", "smoke", "list_presets")
+
+
+class ExperimentCli:
+    """The command line of one experiment script, generated from its config classes.
+
+    ``sections``: ``(title, dataclass)`` or ``(title, dataclass, excluded fields)``; their
+    field names form one flat namespace. ``presets``: :class:`Preset` entries (the first is
+    the default). ``defaults``: the script's own defaults (below the presets). ``aliases``:
+    extra spellings per field. ``removed``: old flags and what to use instead. ``derived``:
+    names the script computes after loading data, usable in reference settings, with their
+    labels. ``exclusive``: extra groups of fields that are spellings of one setting.
+    """
+
+    def __init__(
+        self,
+        description: str,
+        sections: Sequence[tuple],
+        presets: Sequence[Preset] = (),
+        *,
+        defaults: Mapping[str, Any] | None = None,
+        aliases: Mapping[str, Sequence[str]] | None = None,
+        removed: Mapping[str, str] | None = None,
+        derived: Mapping[str, str] | None = None,
+        exclusive: Sequence[Sequence[str]] = (),
+        prog: str | None = None,
+    ):
+        self.description, self.prog = description, prog
+        self.sections = [(s[0], s[1], tuple(s[2]) if len(s) > 2 else ()) for s in sections]
+        self.presets = {p.name: p for p in presets}
+        self.default_preset = presets[0].name if presets else None
+        self.defaults = dict(defaults or {})
+        self.removed = dict(removed or {})
+        self.derived = dict(derived or {})
+        self.specs: dict[str, FieldSpec] = {}
+        self.by_class: dict[type, list[FieldSpec]] = {}
+        for _, cls, exclude in self.sections:
+            specs = field_specs(cls, aliases=aliases, exclude=exclude)
+            self.by_class[cls] = specs
+            for s in specs:
+                if s.name in self.specs or s.name in _CONTROL:
+                    raise TypeError(f"field {s.name!r} of {cls.__name__} is defined twice")
+                self.specs[s.name] = s
+        for name in aliases or {}:
+            if name not in self.specs:
+                raise TypeError(f"alias for unknown field {name!r}")
+        self.groups: dict[str, list[str]] = {}
+        for s in self.specs.values():
+            if s.exclusive:
+                self.groups.setdefault(s.exclusive, []).append(s.name)
+        for i, members in enumerate(exclusive):
+            self.groups[f"_group{i}"] = list(members)
+        self._check_presets()
+
+    # -- presets as data --------------------------------------------------------------
+
+    def _check_presets(self) -> None:
+        """Every name in the defaults and preset tables is a field (or a derived name in a
+        reference setting) and every value has the field's type; errors are bugs."""
+        self._coerce_layer(self.defaults, "script defaults")
+        for p in self.presets.values():
+            self._coerce_layer(p.overrides, f"preset {p.name}")
+            self._coerce_layer(p.smoke, f"preset {p.name} (smoke)")
+            for ref in p.references:
+                for name in (*ref.setting, *ref.cell):
+                    if name not in self.specs and name not in self.derived:
+                        raise TypeError(f"preset {p.name}: reference names unknown {name!r}")
+
+    def _coerce_layer(self, layer: Mapping[str, Any], where: str) -> dict[str, Any]:
+        out = {}
+        for k, v in layer.items():
+            if k not in self.specs:
+                raise TypeError(f"{where}: unknown field {k!r}")
+            out[k] = _coerce(self.specs[k], v, where)
+        return out
+
+    def _group_of(self, name: str) -> list[str]:
+        for members in self.groups.values():
+            if name in members:
+                return members
+        return []
+
+    def resolve(self, layers: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+        """Merge layers (later wins); setting one field of an exclusive group drops the others
+        set by lower layers. Unset fields take their dataclass default."""
+        values: dict[str, Any] = {}
+        for layer in layers:
+            for k, v in layer.items():
+                for other in self._group_of(k):
+                    if other != k:
+                        values.pop(other, None)
+                values[k] = v
+        for name, s in self.specs.items():
+            values.setdefault(name, s.default)
+        return values
+
+    def _layers(self, preset: Preset | None, smoke: bool) -> list[dict[str, Any]]:
+        layers = [self._coerce_layer(self.defaults, "script defaults")]
+        if preset is not None:
+            layers.append(self._coerce_layer(preset.overrides, f"preset {preset.name}"))
+            if smoke:
+                layers.append(self._coerce_layer(preset.smoke, f"preset {preset.name}"))
+        return layers
+
+    def preset_values(self, name: str, smoke: bool = False) -> dict[str, Any]:
+        """Every field's value under preset ``name`` before command-line flags."""
+        return self.resolve(self._layers(self.presets[name], smoke))
+
+    # -- parsing ----------------------------------------------------------------------
+
+    def _add_control(self, p: argparse.ArgumentParser) -> None:
+        if not self.presets:
+            return
+        g = p.add_argument_group("presets")
+        g.add_argument(
+            "--preset",
+            default=self.default_preset,
+            choices=list(self.presets),
+            help="reference setting whose values the other flags override "
+            f"[default: {self.default_preset}]",
+        )
+        g.add_argument(
+            "--smoke",
+            action="store_true",
+            help="shrink the preset to a seconds-long run (tests; the numbers mean nothing)",
+        )
+        g.add_argument(
+            "--list-presets",
+            action="store_true",
+            help="print every preset (settings, command, published numbers, cost) and exit",
+        )
+
+    def build_parser(self, base: Mapping[str, Any] | None = None) -> CliParser:
+        """The full parser; ``base`` values are shown as the defaults."""
+        base = self.resolve([]) if base is None else base
+        names = ", ".join(self.presets)
+        p = CliParser(
+            prog=self.prog,
+            description=self.description,
+            epilog=f"presets: {names} (--list-presets shows them)" if self.presets else None,
+        )
+        self._add_control(p)
+        for title, cls, exclude in self.sections:
+            add_config_args(
+                p,
+                cls,
+                group=title,
+                aliases={s.name: s.aliases for s in self.by_class[cls]},
+                exclude=exclude,
+                defaults=base,
+                suppress=True,
+            )
+        for flag, hint in self.removed.items():
+            p.add_argument(flag, action=_Removed, hint=hint, nargs="?", help=argparse.SUPPRESS)
+        return p
+
+    def parse(self, argv: Sequence[str] | None = None) -> Parsed:
+        """Parse ``argv``: layer the values, build and validate every section's config."""
+        argv = list(sys.argv[1:] if argv is None else argv)
+        pre = CliParser(prog=self.prog, add_help=False)
+        self._add_control(pre)
+        control, _ = pre.parse_known_args(argv)
+        if getattr(control, "list_presets", False):
+            print(self.format_presets())
+            raise SystemExit(0)
+        preset = self.presets[control.preset] if self.presets else None
+        smoke = bool(getattr(control, "smoke", False))
+        layers = self._layers(preset, smoke)
+        parser = self.build_parser(self.resolve(layers))
+        ns = parser.parse_args(argv)
+        spelled: dict[str, str] = {}
+        alias_of = {a: s.name for s in self.specs.values() for a in s.aliases}
+        for tok in argv:
+            opt = tok.split("=", 1)[0]
+            opt = "--" + opt[5:] if opt.startswith("--no-") and "--" + opt[5:] in alias_of else opt
+            if opt in alias_of:
+                spelled[alias_of[opt]] = opt
+        given = {k: v for k, v in vars(ns).items() if k in self.specs}
+        for members in self.groups.values():
+            hit = [m for m in members if m in given]
+            if len(hit) > 1:
+                a, b = (spelled.get(m, self.specs[m].flag) for m in hit[:2])
+                parser.error(f"give {a} or {b}, not both: they set the same thing")
+        given = self._coerce_layer(given, "flag")
+        values = dict(self.resolve([*layers, given]))
+        if "out" in self.specs and "out" not in given and values.get("out"):
+            values["out"] = _fresh_run_dir(values["out"], bool(values.get("resume")))
+        configs = {}
+        for _, cls, _ in self.sections:
+            specs = self.by_class[cls]
+            kwargs = {s.name: values[s.name] for s in specs}
+            configs[cls] = build_config(cls, kwargs, specs, spelled)
+        parsed = Parsed(self, preset, smoke, values, frozenset(given), configs, spelled)
+        self._check_partition_file(parsed)
+        return parsed
+
+    def _check_partition_file(self, parsed: Parsed) -> None:
+        data = parsed.configs.get(DataConfig)
+        if data is None or data.partition_file is None:
+            return
+        clash = [
+            parsed.flag(s.name)
+            for s in self.by_class[DataConfig]
+            if s.name in parsed.given and not _field(DataConfig, s.name).metadata.get("source")
+        ]
+        if clash:
+            raise ConfigError(
+                f"--partition-file replays a saved split exactly; drop {', '.join(clash)}"
+            )
+
+    # -- references -------------------------------------------------------------------
+
+    def _label(self, name: str) -> str:
+        return self.specs[name].flag if name in self.specs else self.derived.get(name, name)
+
+    def _setting(self, preset: Preset, ref: Reference) -> dict[str, Any]:
+        setting: dict[str, Any] = {}
+        if ref.whole_preset:
+            base = self.preset_values(preset.name)
+            for name, s in self.specs.items():
+                if s.affects_results and name not in ref.ignore and name not in ref.cell:
+                    setting[name] = base[name]
+        setting.update(ref.setting)
+        return setting
+
+    def compare(
+        self, preset: Preset, ref: Reference, run_values: Mapping[str, Any]
+    ) -> tuple[tuple[float, ...] | None, list[str]]:
+        """(the reference's numbers for this run's cell, or None; what differs)."""
+        reasons = []
+        for name, want in self._setting(preset, ref).items():
+            have = run_values.get(name)
+            ok = want.matches(have) if isinstance(want, AtLeast) else _same(have, want)
+            if not ok:
+                shown = want if isinstance(want, AtLeast) else format_value(want)
+                reasons.append(f"{self._label(name)} {shown} (this run: {format_value(have)})")
+        key = tuple(run_values.get(n) for n in ref.cell)
+        numbers = ref.values.get(key)
+        if numbers is None:
+            names = ", ".join(self._label(n) for n in ref.cell)
+            cells = " ".join("(" + ", ".join(map(format_value, c)) + ")" for c in ref.values)
+            mine = ", ".join(map(format_value, key))
+            reasons.append(f"({names}) in {cells} (this run: ({mine}))")
+        return (None if reasons else numbers), reasons
+
+    def reference_lines(
+        self, parsed: Parsed, run_values: Mapping[str, Any], ours: Mapping[str, float]
+    ) -> list[str]:
+        preset = parsed.preset
+        if preset is None:
+            return []
+        if not preset.references:
+            return [f"published: none for preset {preset.name}"]
+        lines = []
+        for ref in preset.references:
+            numbers, reasons = self.compare(preset, ref, run_values)
+            if numbers is None:
+                lines.append(
+                    f"not comparable: {ref.source} was measured with " + "; ".join(reasons)
+                )
+                continue
+            pub = ", ".join(f"{c} {v:.2f}" for c, v in zip(ref.columns, numbers))
+            mine = ", ".join(f"{c} {ours[c]:.2f}" if c in ours else f"{c} n/a" for c in ref.columns)
+            lines.append(
+                f"published ({ref.source}; metric: {ref.metric}): {pub} | this run: {mine}"
+            )
+        return lines
+
+    def format_presets(self) -> str:
+        """The preset table as text (``--list-presets``)."""
+        out = []
+        for p in self.presets.values():
+            base = self.resolve(self._layers(p, False))
+            shown = [
+                _as_flag(self.specs[k], base[k])
+                for k in self.specs
+                if k in p.overrides or k in self.defaults
+            ]
+            out.append(f"{p.name}: {p.about}")
+            out.append(f"  command:   {p.command}")
+            out.append(f"  settings:  {' '.join(shown)}")
+            out.append(f"  data:      {p.data}")
+            out.append(f"  cost:      {p.cost}")
+            if p.smoke:
+                smoke = " ".join(_as_flag(self.specs[k], v) for k, v in p.smoke.items())
+                out.append(f"  --smoke:   {smoke}")
+            for ref in p.references:
+                setting = self._setting(p, ref)
+                own = ", ".join(
+                    f"{self._label(k)} {v if isinstance(v, AtLeast) else format_value(v)}"
+                    for k, v in ref.setting.items()
+                )
+                whole = "every setting of the preset" if ref.whole_preset else ""
+                cells = "; ".join(
+                    (f"({', '.join(map(format_value, c))}) " if c else "")
+                    + " / ".join(f"{v:.2f}" for v in nums)
+                    for c, nums in ref.values.items()
+                )
+                out.append(f"  compare:   {ref.source}; metric: {ref.metric}")
+                out.append(
+                    "             measured with "
+                    + " and ".join(x for x in (whole, own) if x)
+                    + (f" ({len(setting)} settings)" if whole else "")
+                )
+                names = ", ".join(self._label(n) for n in ref.cell)
+                out.append(
+                    f"             {' / '.join(ref.columns)}"
+                    + (f" by ({names})" if names else "")
+                    + f": {cells}"
+                )
+            if not p.references:
+                out.append("  compare:   no published number")
+            out.append("")
+        return "\n".join(out).rstrip()
+
+
+def _field(cls: type, name: str) -> dataclasses.Field:
+    return next(f for f in dataclasses.fields(cls) if f.name == name)
+
+
+def _same(have: Any, want: Any) -> bool:
+    if isinstance(want, bool) or isinstance(have, bool) or want is None or have is None:
+        return have is want or have == want and type(have) is type(want)
+    if isinstance(want, int | float) and isinstance(have, int | float):
+        return math.isclose(float(have), float(want), rel_tol=1e-9, abs_tol=1e-12)
+    if isinstance(want, tuple | list) and isinstance(have, tuple | list):
+        return len(want) == len(have) and all(_same(a, b) for a, b in zip(have, want))
+    return have == want

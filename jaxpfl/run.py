@@ -77,14 +77,14 @@ class RunConfig:
 
     seed: int = 0
     eval_every: int = 1
-    out: str | None = None
-    checkpoint_every: int = 0
-    checkpoint_minutes: float = 5.0
-    resume: bool = False
-    overwrite: bool = False
-    progress: bool = True
-    strategy: Strategy | None = None
-    config_for_hash: str = ""
+    out: str | None = dataclasses.field(default=None, metadata={"affects_results": False})
+    checkpoint_every: int = dataclasses.field(default=0, metadata={"affects_results": False})
+    checkpoint_minutes: float = dataclasses.field(default=5.0, metadata={"affects_results": False})
+    resume: bool = dataclasses.field(default=False, metadata={"affects_results": False})
+    overwrite: bool = dataclasses.field(default=False, metadata={"affects_results": False})
+    progress: bool = dataclasses.field(default=True, metadata={"affects_results": False})
+    strategy: Strategy | None = dataclasses.field(default=None, metadata={"affects_results": False})
+    config_for_hash: str = dataclasses.field(default="", metadata={"affects_results": False})
 
     def __post_init__(self):
         if self.eval_every < 1:

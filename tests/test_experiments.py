@@ -1,79 +1,34 @@
-"""End-to-end smoke runs of the experiment scripts on the embedded data (shrunk configs)."""
+"""End-to-end runs of the experiment scripts: EVERY preset at smoke scale (``--smoke``) on
+fixture data, the README's main command, and replaying a saved split (``--partition-file``)."""
 
+from __future__ import annotations
+
+import importlib.util
 import json
 import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
+import pytest
+
+from jaxpfl.data.store import read_partition
+
 REPO = Path(__file__).resolve().parents[1]
 
 
-def _run(script, *args):
-    proc = subprocess.run(
-        [sys.executable, str(REPO / "experiments" / script), *args, "--no-progress"],
-        capture_output=True,
-        text=True,
-        timeout=600,
-        cwd=REPO,
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return proc
-
-
-def test_perfedavg_smoke(tmp_path):
-    proc = _run(
-        "perfedavg.py",
-        "--clients",
-        "5",
-        "--num-clients",
-        "30",
-        "--rounds",
-        "2",
-        "--reptile-rounds",
-        "1",
-        "--local-epochs",
-        "1",
-        "--pers-epochs",
-        "2",
-        "--eval-every",
-        "1",
-        "--out",
-        str(tmp_path),
-    )
-    assert "| clients/round | E |" in proc.stdout and "personalized acc" in proc.stdout
-    lines = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
-    assert [r["round"] for r in lines] == [0, 1, 2, 3]
-    assert [r["phase"] for r in lines] == ["fedavg", "fedavg", "fedavg", "reptile"]
-    final = json.loads((tmp_path / "final.json").read_text())
-    assert final["init_n_clients"] == 6 and len(final["pers_acc_mean_by_epoch"]) == 2
-    assert 0.0 <= final["init_acc_mean"] <= 1.0 and 0.0 <= final["pers_acc_mean"] <= 1.0
-    assert (tmp_path / "accuracy.png").stat().st_size > 1000
-
-
-def test_fedavg_smoke(tmp_path):
-    proc = _run(
-        "fedavg.py",
-        "--clients",
-        "8",
-        "--rounds",
-        "2",
-        "--clients-per-round",
-        "0.5",
-        "--out",
-        str(tmp_path),
-        "--server-opt",
-        "fedavgm",
-        "--server-lr",
-        "0.5",
-    )
-    assert "| acc_pooled |" in proc.stdout
-    summary = json.loads((tmp_path / "summary.json").read_text())
-    assert summary["rounds"] == 2 and 0.0 <= summary["acc_pooled"]["final"] <= 1.0
+def load_script(name: str):
+    """``experiments/<name>.py`` as a module (registered, so its dataclasses resolve)."""
+    modname = f"_experiment_{name}"
+    if modname not in sys.modules:
+        spec = importlib.util.spec_from_file_location(modname, REPO / "experiments" / f"{name}.py")
+        mod = importlib.util.module_from_spec(spec)
+        sys.modules[modname] = mod
+        spec.loader.exec_module(mod)
+    return sys.modules[modname]
 
 
 def _fixtures():
-    import importlib.util
-
     spec = importlib.util.spec_from_file_location(
         "make_fixtures", REPO / "data_prep" / "make_fixtures.py"
     )
@@ -82,59 +37,120 @@ def _fixtures():
     return mod
 
 
-def test_jiang_emnist_preset_on_tff_fixture(tmp_path):
-    _fixtures().write_tff_emnist(tmp_path / "tff", num_writers=12)
-    proc = _run(
-        "perfedavg.py",
-        "--preset",
-        "jiang_emnist",
-        "--data-dir",
-        str(tmp_path / "tff"),
-        "--n-eval",
-        "4",
-        "--clients",
-        "5",
-        "--local-epochs",
-        "2",
-        "--rounds",
-        "2",
-        "--reptile-rounds",
-        "1",
-        "--pers-epochs",
-        "1",
-        "--out",
-        str(tmp_path / "o"),
-    )
-    assert "published (Jiang et al. 2019 Table 1" in proc.stdout
-    assert "initial 74.73, personalized 82.92" in proc.stdout  # M=5, E=2 row
-    final = json.loads((tmp_path / "o" / "final.json").read_text())
-    assert final["init_n_clients"] == 4
+def fixture_args(dataset: str, tmp: Path) -> list[str]:
+    """Fake data in the exact on-disk layout of ``dataset``; the ``--data-dir`` flag for it."""
+    fx = _fixtures()
+    if dataset == "mnist_embedded":
+        return []
+    if dataset == "emnist_tff":
+        fx.write_tff_emnist(tmp / "tff", num_writers=12)
+        return ["--data-dir", str(tmp / "tff")]
+    if dataset == "femnist":
+        fx.write_leaf_femnist(tmp / "leaf", layout="user", num_writers=10)
+        return ["--data-dir", str(tmp / "leaf" / "data")]
+    if dataset in ("fashion_mnist", "mnist"):
+        rng = np.random.default_rng(0)
+        folder = tmp / "idx"
+        folder.mkdir()
+        for stem, n in (("train", 1600), ("t10k", 400)):
+            fx.write_idx(folder / f"{stem}-labels-idx1-ubyte.gz", rng.integers(0, 10, n))
+            fx.write_idx(folder / f"{stem}-images-idx3-ubyte.gz", rng.integers(0, 256, (n, 28, 28)))
+        return ["--data-dir", str(folder)]
+    raise AssertionError(f"no fixture for dataset {dataset!r}: add one for the new preset")
 
 
-def test_kt_pfa_preset_on_leaf_fixture(tmp_path):
-    _fixtures().write_leaf_femnist(tmp_path / "leaf", layout="user", num_writers=10)
-    proc = _run(
-        "perfedavg.py",
-        "--preset",
-        "kt_pfa_femnist",
-        "--data-dir",
-        str(tmp_path / "leaf" / "data"),
-        "--clients",
-        "5",
-        "--local-epochs",
-        "2",
-        "--rounds",
-        "1",
-        "--reptile-rounds",
-        "1",
-        "--pers-epochs",
-        "1",
-        "--out",
-        str(tmp_path / "o"),
+PRESETS = [
+    (script, p.name) for script in ("fedavg", "perfedavg") for p in load_script(script).PRESETS
+]
+
+
+@pytest.mark.parametrize("script,preset", PRESETS)
+def test_every_preset_runs_at_smoke_scale(tmp_path, capsys, script, preset):
+    mod = load_script(script)
+    dataset = mod.CLI.preset_values(preset)["dataset"]
+    out = tmp_path / "o"
+    argv = ["--preset", preset, "--smoke", "--no-progress", "--out", str(out)]
+    mod.main([*argv, *fixture_args(dataset, tmp_path)])
+    stdout = capsys.readouterr().out
+    records = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    assert records[0]["round"] == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["rounds"] == records[-1]["round"] > 0
+    assert (out / "accuracy.png").stat().st_size > 1000
+    assert read_partition(out / "partition.npz")["hash"]
+    refs = mod.CLI.presets[preset].references
+    if refs:  # a smoke run is never the published setting: one line says what differs
+        assert stdout.count("not comparable: ") == len(refs) and "published (" not in stdout
+        for ref in refs:
+            assert f"not comparable: {ref.source} was measured with" in stdout
+    else:
+        assert f"published: none for preset {preset}" in stdout
+    if script == "perfedavg":
+        assert "| clients/round | E |" in stdout and "personalized acc" in stdout
+        final = json.loads((out / "final.json").read_text())
+        assert 0.0 <= final["init_acc_mean"] <= 1.0 and 0.0 <= final["pers_acc_mean"] <= 1.0
+        n_eval = {"default": 10, "jiang_emnist": 4, "kt_pfa_femnist": 2}[preset]
+        assert final["init_n_clients"] == n_eval  # LEAF -t user: the test-file writers
+    else:
+        assert "| acc_pooled |" in stdout and 0.0 <= summary["acc_pooled"]["final"] <= 1.0
+    if (script, preset) == ("perfedavg", "default"):
+        assert [r["round"] for r in records] == [0, 2, 3]  # every 2 rounds and the last
+        assert [r["phase"] for r in records] == ["fedavg", "fedavg", "reptile"]
+        assert len(final["pers_acc_mean_by_epoch"]) == 1
+    if (script, preset) == ("perfedavg", "jiang_emnist"):
+        assert "--reptile-rounds 0 (this run: 1)" in stdout
+
+
+def test_readme_main_command(tmp_path):
+    """``python experiments/perfedavg.py --clients 20``, shrunk (--smoke and one round; the
+    explicit --clients 20 wins over the smoke value): 20 clients per round."""
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "experiments" / "perfedavg.py"), "--clients", "20",
+         "--smoke", "--rounds", "1", "--reptile-rounds", "0", "--no-progress",
+         "--out", str(tmp_path)],
+        capture_output=True, text=True, timeout=600, cwd=REPO,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "| 20 | 1 | 1+0 |" in proc.stdout  # clients/round, E, rounds
+    assert "not comparable: jaxpfl README" in proc.stdout
+
+
+def test_readme_fedavg_command_parses():
+    fedavg = load_script("fedavg")
+    p = fedavg.parse(
+        "--dataset fashion_mnist --partition pfllib_dir --alpha 0.1 --lr 0.005 --rounds 25".split()
     )
-    assert (
-        "published (KT-PFA README" in proc.stdout
-        and "initial 81.70, personalized 88.49" in proc.stdout
-    )
-    final = json.loads((tmp_path / "o" / "final.json").read_text())
-    assert final["init_n_clients"] == 2  # LEAF -t user: the test-file writers are held out
+    assert p.values["client_lr"] == 0.005 and p.values["rounds"] == 25
+    assert p.values["partition"] == "pfllib_dir" and p.values["participation"] == 1.0
+
+
+def test_partition_file_replays_the_split_exactly(tmp_path):
+    parts = tmp_path / "parts"
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "experiments" / "partition.py"), "--num-clients", "30",
+         "--alpha", "0.3", "--holdout-frac", "0.2", "--train-frac", "0.8", "--out", str(parts),
+         "--no-plot"],
+        capture_output=True, text=True, timeout=600, cwd=REPO,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    (npz,) = parts.glob("*.npz")
+    saved = read_partition(npz)
+    assert len(saved["eval_clients"]) == 6
+    shrink = {"fedavg": ["--rounds", "1"], "perfedavg": ["--rounds", "1", "--reptile-rounds", "0"]}
+    for script in ("fedavg", "perfedavg"):
+        out = tmp_path / script
+        argv = ["--smoke", "--partition-file", str(npz), "--no-progress", "--out", str(out)]
+        load_script(script).main([*argv, *shrink[script]])
+        used = read_partition(out / "partition.npz")
+        assert used["hash"] == saved["hash"]
+        for key in ("train", "test"):
+            assert len(used[key]) == 30
+            for a, b in zip(used[key], saved[key]):
+                np.testing.assert_array_equal(a, b)
+        for key in ("train_clients", "eval_clients"):
+            np.testing.assert_array_equal(used[key], saved[key])
+    # without the file the run would have partitioned differently (the file was used)
+    from jaxpfl.cli import DataConfig, load_dataset
+
+    own = load_dataset(load_script("perfedavg").parse(["--smoke"])[DataConfig])
+    assert own.meta["hash"] != saved["hash"]

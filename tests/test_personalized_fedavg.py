@@ -13,17 +13,19 @@ from jaxpfl.algorithms.personalized_fedavg import (
     reptile_stage,
 )
 from jaxpfl.core import (
-    Counts,
+    ClientEvaluator,
+    Splits,
     Strategy,
     derive,
     epoch_schedule,
     evaluate_global,
     make_round,
     place_inputs,
+    round_inputs,
     stream_schedule,
 )
 from jaxpfl.core import keys as K
-from jaxpfl.core import ClientEvaluator, Splits, round_inputs
+from jaxpfl.run import Phase, RunConfig, run
 
 ROOT = jax.random.key(7)
 
@@ -131,15 +133,27 @@ def test_reptile_k1_is_uniform_fedsgd():
         )
 
 
-def test_stage_switch_starts_fresh_adam():
-    cfg = PersonalizedFedAvgConfig()
-    (_, s1, _), (_, s2, _) = personalized_fedavg(MODEL, cfg)
-    st1 = s1.init(ROOT, _params(), 6)
-    assert "TraceState" in type(st1.server.opt_state[0]).__name__  # momentum buffer
-    st2 = s2.init(ROOT, st1.server.params, 6)
-    adam = st2.server.opt_state[0]
-    assert int(adam.count) == 0
-    assert all(float(jnp.abs(a).max()) == 0 for a in jax.tree.leaves((adam.mu, adam.nu)))
+def test_stage_switch_inside_run_starts_a_fresh_server_adam():
+    """run() with FedAvg(1 round) then Reptile(1 round): the Reptile round starts from the
+    stage-1 model with a FRESH Adam, whose first bias-corrected step is g / (|g| + ε)."""
+    cfg = PersonalizedFedAvgConfig(
+        rounds=1, local_epochs=1, batch_size=4, client_lr=0.1, reptile_rounds=1,
+        reptile_steps=3, reptile_server_lr=0.05, reptile_eps=1e-3,
+    )
+    ds = toy_dataset()
+    phases = [Phase(n, a, r, 6) for n, a, r in personalized_fedavg(MODEL, cfg)]
+    rc = RunConfig(seed=7, progress=False, strategy=Strategy("vmap"))  # ROOT = key(7)
+    both = run(phases, ds, lambda key: _params(), lambda st, t, f: {}, rc)
+    first = run(phases[:1], ds, lambda key: _params(), lambda st, t, f: {}, rc)
+    w1 = np_params(first["state"].server.params)
+    thetas = [_np_reptile_client(w1, ds, k, 1, cfg) for k in range(6)]  # global round t = 1
+    lr, eps = cfg.reptile_server_lr, cfg.reptile_eps
+    for k in w1:
+        g = np.mean([w1[k] - th[k] for th in thetas], axis=0)
+        want = w1[k] - lr * g / (np.abs(g) + eps)
+        np.testing.assert_allclose(np.asarray(both["state"].server.params[k]), want, atol=1e-5)
+    adam = both["state"].server.opt_state[0]
+    assert int(adam.count) == 1  # one Adam step, not stage 1's round count
 
 
 def _evaluator(cfg, strategy, ds):
@@ -203,12 +217,21 @@ def test_personalization_vmap_equals_sequential_and_sharded():
 
 
 def test_zero_personalization_epochs_gives_pers_equal_init():
+    """P = 0: both init and pers equal an independent NumPy evaluation of w on each query."""
     ds = toy_dataset(test_per_client=9)
     cfg = PersonalizedFedAvgConfig(personalization_epochs=0)
-    init, pers = _evaluator(cfg, Strategy("vmap"), ds)(_params(), np.arange(6), _keys(range(6)))
+    params = _params()
+    init, pers = _evaluator(cfg, Strategy("vmap"), ds)(params, np.arange(6), _keys(range(6)))
     assert pers.correct.shape == (6, 1)
-    np.testing.assert_array_equal(pers.correct[:, 0], init.correct)
-    assert isinstance(Counts(*init), Counts)
+    w = np_params(params)
+    for r in range(6):
+        q = ds.test[r]
+        h = np.tanh(ds.x[q].reshape(len(q), -1) / 255.0 @ w["w1"] + w["b1"])
+        hits = int((np.argmax(h @ w["w2"] + w["b2"], axis=1) == ds.y[q]).sum())
+        loss, _ = np_loss_grad(w, ds.x[q], ds.y[q])
+        assert init.correct[r] == pers.correct[r, 0] == hits
+        np.testing.assert_allclose([init.loss_sum[r], pers.loss_sum[r, 0]], loss * len(q),
+                                   rtol=1e-5)
 
 
 def test_kt_pfa_message_is_sum_of_adam_step_gradients():
@@ -226,7 +249,8 @@ def test_kt_pfa_message_is_sum_of_adam_step_gradients():
     _, msg, _ = alg.client_update(state.server, None, data, key)
     captured["g"] = msg.delta
     # NumPy: Adam(β1 = 0, β2 = 0.999) per step over unshuffled epochs; sum raw gradients
-    sched = epoch_schedule(jax.random.fold_in(key, 0), 23, inputs.train_idx.shape[1], 4, 2, shuffle=False)
+    width = inputs.train_idx.shape[1]
+    sched = epoch_schedule(jax.random.fold_in(key, 0), 23, width, 4, 2, shuffle=False)
     w = np_params(_params())
     v = {k: 0.0 for k in w}
     gsum = {k: 0.0 for k in w}

@@ -142,22 +142,27 @@ def test_nan_guard_names_round_and_client():
         run(phases, ds, init_params, lambda s, t, f: {}, RunConfig(progress=False))
 
 
-def test_second_round_does_not_recompile():
-    ds, phases, init_params, evaluate = _setup()
+def test_rounds_with_other_clients_and_widths_do_not_recompile():
+    """Sampled rounds differ in clients and in their sizes; the phase's one grouping plan
+    keeps the compiled round's shapes fixed: one compilation for all rounds."""
     from jaxpfl.core import make_round, place_inputs
-    from jaxpfl.run import round_inputs
+    from jaxpfl.core.rounds import phase_plan
+    from jaxpfl.run import round_inputs, sample_clients
 
+    ds, phases, init_params, evaluate = _setup()
     alg = phases[0].algorithm
-    rnd = make_round(alg, Strategy("vmap"))
+    strategy = Strategy("vmap")
+    rnd = make_round(alg, strategy)
     state = alg.init(jax.random.key(0), init_params(jax.random.key(1)), ds.num_clients)
     x, y = jnp.asarray(ds.x), jnp.asarray(ds.y)
-    ids = np.arange(6)
-    inputs = place_inputs(round_inputs(ds, ids, Strategy("vmap")), Strategy("vmap"))
-    state, _ = rnd(state, x, y, inputs, jnp.int32(0), jax.random.key(0))
-    before = rnd._cache_size()
-    for t in (1, 2):
-        state, _ = rnd(state, x, y, inputs, jnp.int32(t), jax.random.key(0))
-    assert rnd._cache_size() == before == 1
+    root = jax.random.key(0)
+    sel = [sample_clients(root, t, np.arange(6), 3) for t in range(6)]
+    assert len({tuple(sorted(s)) for s in sel}) > 2  # really different clients (and widths)
+    plan = phase_plan(ds, sel, strategy)
+    for t, ids in enumerate(sel):
+        inputs = place_inputs(round_inputs(ds, ids, strategy, plan), strategy)
+        state, _ = rnd(state, x, y, inputs, jnp.int32(t), root)
+    assert rnd._cache_size() == 1
 
 
 def test_clients_per_round():

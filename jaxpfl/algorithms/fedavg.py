@@ -26,6 +26,7 @@ from jaxpfl.core import (
     weighted_mean,
 )
 from jaxpfl.core.tree import tree_norm, tree_sub
+from jaxpfl.errors import ConfigError
 
 PyTree = Any
 
@@ -75,7 +76,6 @@ class FedAvgConfig:
     weighted: bool = True
 
     def __post_init__(self):
-        from jaxpfl.errors import ConfigError
 
         def need(ok: bool, name: str, what: str) -> None:
             if not ok:

@@ -42,6 +42,7 @@ from jaxpfl.core import (
     sgd_step,
 )
 from jaxpfl.core.tree import stack, tree_norm
+from jaxpfl.errors import ConfigError
 
 PyTree = Any
 
@@ -100,7 +101,6 @@ class PersonalizedFedAvgConfig:
     kt_server_lr: float = 0.01
 
     def __post_init__(self):
-        from jaxpfl.errors import ConfigError
 
         if self.variant not in ("paper", "kt_pfa"):
             raise ConfigError(f"unknown variant '{self.variant}'; choose one of: paper, kt_pfa")

@@ -46,6 +46,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from jaxpfl.errors import ConfigError
+
 PyTree = Any
 
 SERVER_OPTIMIZERS: tuple[str, ...] = (
@@ -95,7 +97,7 @@ def _validate(*checks: tuple[str, Any, str]) -> None:
         if not ok:
             bad.append(f"{name} must be {rule}, got {value!r}")
     if bad:
-        raise ValueError("; ".join(bad))
+        raise ConfigError("; ".join(bad))
 
 
 def _reddi(
@@ -181,7 +183,7 @@ def server_optimizer(
     chosen optimizer uses are validated; a bad one raises a ValueError naming it.
     """
     if name not in SERVER_OPTIMIZERS:
-        raise ValueError(
+        raise ConfigError(
             f"unknown server optimizer {name!r}; choose one of: {', '.join(SERVER_OPTIMIZERS)}"
         )
     lr_rule, b1_rule, b2_rule = ("lr", lr, _POSITIVE), ("b1", b1, _DECAY), ("b2", b2, _DECAY)

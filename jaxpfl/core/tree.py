@@ -76,8 +76,15 @@ def stack(trees: list[PyTree]) -> PyTree:
     return jax.tree.map(lambda *xs: jnp.stack(xs), *trees)
 
 
+@jax.jit
+def _row(tree: PyTree, i: jax.Array) -> PyTree:
+    return jax.tree.map(lambda a: a[i], tree)
+
+
 def unstack(tree: PyTree, n: int) -> list[PyTree]:
-    return [jax.tree.map(lambda a, i=i: a[i], tree) for i in range(n)]
+    """``[row 0, ..., row n-1]`` of a stacked pytree: one jitted call per row with the index as
+    an argument (an eager ``a[i]`` compiles anew for every Python int i)."""
+    return [_row(tree, jnp.int32(i)) for i in range(n)]
 
 
 def broadcast_clients(tree: PyTree, n: int) -> PyTree:

@@ -11,6 +11,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from jaxpfl.errors import ConfigError
 from jaxpfl.models import zoo
 from jaxpfl.models.base import Model, Params, count_params, leaf_at
 from jaxpfl.models.initializers import INITS, draw_params
@@ -43,7 +44,7 @@ def _options(cls: type[nn.Module]) -> list[str]:
 def _channels(value: FloatOrSeq, channels: int, what: str) -> tuple[float, ...]:
     values = (value,) if isinstance(value, int | float) else tuple(value)
     if len(values) not in (1, channels):
-        raise ValueError(f"normalize {what} has {len(values)} values; expected 1 or {channels}")
+        raise ConfigError(f"normalize {what} has {len(values)} values; expected 1 or {channels}")
     return tuple(float(v) for v in values)
 
 
@@ -55,7 +56,7 @@ def _resolve_normalize(
     mean, std = normalize
     std_t = _channels(std, channels, "std")
     if any(s <= 0.0 for s in std_t):
-        raise ValueError(f"normalize std must be positive, got {std_t}")
+        raise ConfigError(f"normalize std must be positive, got {std_t}")
     return _channels(mean, channels, "mean"), std_t
 
 
@@ -92,20 +93,20 @@ def get_model(
     582026
     """
     if name not in MODELS:
-        raise ValueError(f"unknown model {name!r}; choose one of: {', '.join(MODELS)}")
+        raise ConfigError(f"unknown model {name!r}; choose one of: {', '.join(MODELS)}")
     cls = MODELS[name]
     input_shape = tuple(int(d) for d in input_shape)
     if len(input_shape) != 3 or min(input_shape) < 1:
-        raise ValueError(f"input_shape must be (H, W, C) with positive sizes, got {input_shape}")
+        raise ConfigError(f"input_shape must be (H, W, C) with positive sizes, got {input_shape}")
     if int(num_classes) < 1:
-        raise ValueError(f"num_classes must be >= 1, got {num_classes}")
+        raise ConfigError(f"num_classes must be >= 1, got {num_classes}")
     init = getattr(cls, "DEFAULT_INIT", "torch") if init is None else init
     if init not in INITS:
-        raise ValueError(f"unknown init {init!r}; choose one of: {', '.join(INITS)}")
+        raise ConfigError(f"unknown init {init!r}; choose one of: {', '.join(INITS)}")
     unknown = sorted(set(kwargs) - set(_options(cls)))
     if unknown:
         valid = ", ".join(_options(cls)) or "none"
-        raise ValueError(f"model {name!r} got unknown option(s) {unknown}; valid options: {valid}")
+        raise ConfigError(f"model {name!r} got unknown option(s) {unknown}; valid options: {valid}")
     normalize = _resolve_normalize(cls, normalize, input_shape[-1])
     return _build(
         name, input_shape, int(num_classes), init, normalize, tuple(sorted(kwargs.items()))
@@ -114,7 +115,7 @@ def get_model(
 
 def _check_input(name: str, input_shape: tuple[int, ...], x: jax.Array) -> None:
     if x.ndim < 3 or tuple(x.shape[-3:]) != input_shape:
-        raise ValueError(
+        raise ConfigError(
             f"model {name!r} expects inputs [..., {', '.join(map(str, input_shape))}], "
             f"got shape {tuple(x.shape)}"
         )
@@ -187,7 +188,7 @@ def _build(
         _check_input(name, input_shape, x)
         if train and uses_dropout:
             if key is None:
-                raise ValueError(
+                raise ConfigError(
                     f"model {name!r} uses dropout: apply(..., train=True) needs a dropout key"
                 )
             return forward_train(params, x, key)
