@@ -1,4 +1,4 @@
-"""Build the FEDORA rotated dataset (ALGORITHMS.md §7.7) and save it with its pool.
+"""Build the FEDORA rotated dataset (docs/algorithms.md §7.7) and save it with its pool.
 
 Examples::
 

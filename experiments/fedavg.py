@@ -88,7 +88,7 @@ PFLLIB_METRIC = (
     "(PFLlib's 'Averaged Test Accuracy'), best evaluated round"
 )
 
-#: The presets (ALGORITHMS.md §2.4, §9): overrides of the fields above, the command, the
+#: The presets (docs/algorithms.md §2.4, §9): overrides of the fields above, the command, the
 #: number each compares with, and the cost on a 2-core CPU.
 PRESETS: tuple[Preset, ...] = (
     Preset(
@@ -129,7 +129,7 @@ PRESETS: tuple[Preset, ...] = (
                 whole_preset=True,
             ),
             Reference(
-                source="PFLlib's own code on a CPU, same split, 25 rounds (ALGORITHMS.md §2.4; "
+                source="PFLlib's own code on a CPU, same split, 25 rounds (docs/algorithms.md §2.4; "
                 "±3 points across seeds)",
                 metric=PFLLIB_METRIC,
                 columns=("best acc_pooled (%)",),

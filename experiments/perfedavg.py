@@ -5,7 +5,7 @@
 runs on the embedded default (10,000 real MNIST digits shipped with jaxpfl, Dirichlet(0.1)
 label skew over 50 clients, 10 held out) in a few minutes on a 2-core CPU. ``--clients N`` is
 the number of clients per round (``--participation C`` the same as a fraction; the total is
-``--num-clients``). Presets reproduce the reference settings of ALGORITHMS.md §9 where the
+``--num-clients``). Presets reproduce the reference settings of docs/algorithms.md §9 where the
 data is available (``--list-presets`` prints their settings, commands, published numbers and
 costs):
 
@@ -91,7 +91,7 @@ class Experiment:
             raise ConfigError(f"--seeds must be integers >= 0, got {self.seeds!r}")
 
 
-# Published (initial, personalized) accuracy by (clients per round, E), ALGORITHMS.md §3.4.
+# Published (initial, personalized) accuracy by (clients per round, E), docs/algorithms.md §3.4.
 JIANG_TABLE1 = {
     (5, 2): (74.73, 82.92),
     (5, 5): (80.28, 87.12),
@@ -118,7 +118,7 @@ CELL = ("clients_per_round", "local_epochs")
 #: has it), and what only the intermediate evaluations use (the numbers are final).
 FINAL_ONLY = ("seed", "clients", "participation", "eval_every", "n_eval_clients")
 
-#: The presets (ALGORITHMS.md §3.3-3.5, §9): overrides of the fields above, the exact
+#: The presets (docs/algorithms.md §3.3-3.5, §9): overrides of the fields above, the exact
 #: command, the numbers each compares with (and in which setting), and the cost on 2 CPU cores.
 PRESETS: tuple[Preset, ...] = (
     Preset(

@@ -625,7 +625,7 @@ def load_dataset(cfg: DataConfig) -> Any:
 
 @dataclasses.dataclass(frozen=True)
 class Sampling:
-    """Clients per round (ALGORITHMS.md §1.4), as a count or as a fraction: give one.
+    """Clients per round (docs/algorithms.md §1.4), as a count or as a fraction: give one.
 
     Attributes:
       clients: clients per round M, a count (an integer >= 1, at most the training clients)

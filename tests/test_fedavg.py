@@ -1,4 +1,4 @@
-"""FedAvg/FedOpt against an independent per-client NumPy loop (ALGORITHMS.md §2.6, §1.8)."""
+"""FedAvg/FedOpt against an independent per-client NumPy loop (docs/algorithms.md §2.6, §1.8)."""
 
 import jax
 import jax.numpy as jnp

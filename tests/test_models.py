@@ -1,4 +1,4 @@
-"""Model zoo (ALGORITHMS.md §8): parameter counts, tensor order, shapes, dropout, init, inputs."""
+"""Model zoo (docs/algorithms.md §8): parameter counts, tensor order, shapes, dropout, init, inputs."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ MNIST = (28, 28, 1)
 CIFAR = (32, 32, 3)
 
 # (name, input_shape, num_classes, params): every count is the sum of the per-layer counts
-# written in ALGORITHMS.md §8.
+# written in docs/algorithms.md §8.
 COUNTS = [
     ("cnn", MNIST, 10, 832 + 51_264 + 524_800 + 5_130),  # 582,026
     ("cnn", CIFAR, 10, 2_432 + 51_264 + 819_712 + 5_130),  # 878,538

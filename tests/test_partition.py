@@ -1,4 +1,4 @@
-"""Partitioners (ALGORITHMS.md §7): coverage, exact streams against literal recipes, validation.
+"""Partitioners (docs/algorithms.md §7): coverage, exact streams against literal recipes, validation.
 
 The literal references below transcribe the §7 pseudocode line by line (lists, appends, one
 client at a time); the library's vectorised versions must reproduce them bit for bit.
@@ -457,7 +457,7 @@ def test_golden_fmnist_pfllib_dir_sizes():
     y = fmnist_pool_labels()
     assert len(y) == 70000
     train, test = P.pfllib_split(y, 20, "dir", alpha=0.1)
-    # ALGORITHMS.md §7.3 golden sizes (PFLlib's generated FMNIST Dir(0.1), 20 clients)
+    # docs/algorithms.md §7.3 golden sizes (PFLlib's generated FMNIST Dir(0.1), 20 clients)
     golden = (
         "61 240 656 1952 1091 4104 3288 3345 4170 2667 "
         "4627 5102 6413 469 996 146 2202 3624 3817 3523"

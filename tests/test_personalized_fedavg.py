@@ -1,4 +1,4 @@
-"""Personalized FedAvg (ALGORITHMS.md §3.6) against independent per-client NumPy loops."""
+"""Personalized FedAvg (docs/algorithms.md §3.6) against independent per-client NumPy loops."""
 
 import jax
 import jax.numpy as jnp

@@ -1,4 +1,4 @@
-"""Property tests of the index schedules (ALGORITHMS.md §1.3), written from the spec alone.
+"""Property tests of the index schedules (docs/algorithms.md §1.3), written from the spec alone.
 
 Nothing here reuses ``jaxpfl.core.schedule``'s logic as a reference: every expected value is a
 plain-Python statement of §1.3 (permutations, ⌈n/B⌉ / ⌊n/B⌋ batch counts, full batches, epochs

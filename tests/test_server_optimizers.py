@@ -1,4 +1,4 @@
-"""Server optimizers (ALGORITHMS.md §2.1) against NumPy transcriptions of the papers' formulas.
+"""Server optimizers (docs/algorithms.md §2.1) against NumPy transcriptions of the papers' formulas.
 
 Every reference below is written from the paper (float64, plain NumPy), not from optax's code:
 

@@ -1,4 +1,4 @@
-"""Tiny independent problem of ALGORITHMS.md §1.8: a 2-layer tanh MLP on 16 inputs, 3 classes,
+"""Tiny independent problem of docs/algorithms.md §1.8: a 2-layer tanh MLP on 16 inputs, 3 classes,
 K = 6 clients with n_k ∈ {1, 7, 10, 13, 23, 40}; a plain NumPy forward/backward as reference."""
 
 from __future__ import annotations

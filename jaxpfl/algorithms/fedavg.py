@@ -158,7 +158,12 @@ def fedavg(model, config: FedAvgConfig = FedAvgConfig()) -> Algorithm:
             )
         else:
             schedule = stream_schedule(
-                order_key, data.n, data.width, config.batch_size, config.local_steps
+                order_key,
+                data.n,
+                data.width,
+                config.batch_size,
+                config.local_steps,
+                shuffle=config.shuffle,
             )
         theta, stats = local_train(
             model, client_tx, server.params, data, schedule, jax.random.fold_in(key, 1)

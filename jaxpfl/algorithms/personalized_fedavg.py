@@ -1,7 +1,7 @@
 """Personalized FedAvg: FedAvg(E), then Reptile(K), evaluated as initial vs personalized.
 
 Jiang, Konečný, Rush, Kannan, "Improving Federated Learning Personalization via Model Agnostic
-Meta Learning", arXiv:1909.12488 (2019). ALGORITHMS.md §3.
+Meta Learning", arXiv:1909.12488 (2019). docs/algorithms.md §3.
 
 Stage 1 and stage 2 are both FedAvg (``fedavg.py``) with different clients and servers; this
 file only configures them and adds the personalization evaluation (stage 3)::
@@ -49,7 +49,7 @@ PyTree = Any
 
 @dataclasses.dataclass(frozen=True)
 class PersonalizedFedAvgConfig:
-    """Hyper-parameters (ALGORITHMS.md §3.3, jaxpfl column).
+    """Hyper-parameters (docs/algorithms.md §3.3, jaxpfl column).
 
     Stage 1: ``rounds`` R1, ``local_epochs`` E, ``batch_size`` B, ``client_lr`` η_c,
     ``server_lr``/``server_momentum``. Stage 2: ``reptile_rounds`` R2, ``reptile_steps`` K,
@@ -74,7 +74,7 @@ class PersonalizedFedAvgConfig:
       personalization_epochs: personalization epochs P of client SGD on each evaluation
         client's support set
       shuffle: shuffle client batches (training, Reptile stream, personalization; KT-PFA: off)
-      variant: paper (ALGORITHMS.md §3.1) or kt_pfa (the reference repository, §3.5)
+      variant: paper (docs/algorithms.md §3.1) or kt_pfa (the reference repository, §3.5)
       kt_client_lr: kt_pfa stage 2: client Adam learning rate
       kt_epochs: kt_pfa stage 2: client Adam epochs per round
       kt_server_lr: kt_pfa stage 2: server SGD learning rate

@@ -1,4 +1,4 @@
-r"""Server optimizers of FedAvg/FedOpt (ALGORITHMS.md §2.1).
+r"""Server optimizers of FedAvg/FedOpt (docs/algorithms.md §2.1).
 
 The server treats the weighted mean client displacement as a gradient: it receives the
 pseudo-gradient ``g = w − Σ_k p_k θ_k`` and returns optax updates ``u`` (optax's sign
@@ -31,7 +31,7 @@ Reddi et al., "Adaptive Federated Optimization", ICLR 2021 (arXiv:2003.00295), A
     w &← w + η\, m / (\sqrt{v} + τ)
 
 with m₀ = 0 and v₀ = τ², all operations elementwise. The initial value v₀ = τ² and the
-absence of bias correction are our reading of the paper (ALGORITHMS.md marks them as from
+absence of bias correction are our reading of the paper (docs/algorithms.md marks them as from
 memory). FedAdagrad keeps the β1 momentum of Algorithm 2; β1 = 0 gives classic Adagrad with
 the adaptivity τ outside the square root. Here ``eps`` of :func:`server_optimizer` is τ.
 """

@@ -1,4 +1,4 @@
-"""Evaluation: per-client counts, and the summaries of ALGORITHMS.md §1.6.
+"""Evaluation: per-client counts, and the summaries of docs/algorithms.md §1.6.
 
 For client k: c_k = correct predictions (argmax, ties → lowest class), m_k = examples,
 L_k = Σ per-example cross-entropy. Summaries: ``acc_pooled`` = Σc/Σm (PFLlib), ``acc_mean`` =

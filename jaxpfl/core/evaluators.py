@@ -1,6 +1,6 @@
 """The evaluator family: one-client evaluation functions mapped over a fixed set of clients.
 
-Three kinds of model are evaluated per client (ALGORITHMS.md §1.6), all through
+Three kinds of model are evaluated per client (docs/algorithms.md §1.6), all through
 :class:`ClientEvaluator` and the engine's strategies:
 
 * a **global** model shared by every client (``fn(params, data, key)`` with one ``params``;

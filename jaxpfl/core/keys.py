@@ -1,4 +1,4 @@
-"""Keyed randomness (ALGORITHMS.md §1.7): every draw is ``fold_in`` of the root key with a
+"""Keyed randomness (docs/algorithms.md §1.7): every draw is ``fold_in`` of the root key with a
 purpose tag and the integers that identify it, never split in driver iteration order."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Index schedules (ALGORITHMS.md §1.3): which of a client's examples each local step reads.
+"""Index schedules (docs/algorithms.md §1.3): which of a client's examples each local step reads.
 
 A client's training examples are ``idx[:n]`` of its padded index row ``idx [W]``. A schedule
 gives, for every compiled step s, ``positions[s] [B]`` (into ``idx``) and ``valid[s] [B]``.
@@ -83,6 +83,14 @@ def _concrete(n) -> int | None:
     return None if isinstance(n, jax.core.Tracer) else int(np.asarray(n))
 
 
+def _check_width(n, width: int) -> None:
+    """A client cannot have more examples than its index row holds (positions past the row
+    would silently read padding)."""
+    nk = _concrete(n)
+    if nk is not None and nk > width:
+        raise ValueError(f"client size n = {nk} exceeds its index row width {width}")
+
+
 def epoch_schedule(
     key: jax.Array,
     n: jax.Array,
@@ -100,6 +108,7 @@ def epoch_schedule(
     last possibly short; compiled steps past s are masked. Shape ``[E·⌈W/B⌉, B]``. Step
     (e, j) is keyed as the client's own step e·s + j.
     """
+    _check_width(n, width)
     pos, valid, ids = _epoch_schedule(key, n, width, batch_size, epochs, drop_last, shuffle)
     active = None
     if (nk := _concrete(n)) is not None:
@@ -129,29 +138,37 @@ def _epoch_schedule(key, n, width, batch_size, epochs, drop_last, shuffle):
 
 
 def stream_schedule(
-    key: jax.Array, n: jax.Array, width: int, batch_size: int, num_batches: int
+    key: jax.Array,
+    n: jax.Array,
+    width: int,
+    batch_size: int,
+    num_batches: int,
+    *,
+    shuffle: bool = True,
 ) -> Schedule:
     """The step stream of §1.3: epochs cut into ⌊n/B⌋ full batches (remainder dropped).
 
     Batches never straddle an epoch boundary; if n < B every batch is the whole client set.
     Batch j lies in epoch ``j // max(1, ⌊n/B⌋)``, which uses the permutation of
-    ``epoch_permutation(fold_in(key, epoch), n)``. Shape ``[num_batches, B]``.
+    ``epoch_permutation(fold_in(key, epoch), n)`` (the stored order with ``shuffle=False``).
+    Shape ``[num_batches, B]``.
     """
-    pos, valid = _stream_schedule(key, n, width, batch_size, num_batches)
+    _check_width(n, width)
+    pos, valid = _stream_schedule(key, n, width, batch_size, num_batches, shuffle)
     nk = _concrete(n)
     active = None if nk is None else np.full(num_batches, nk > 0)
     return Schedule(pos, valid, active, jnp.arange(num_batches, dtype=jnp.int32))
 
 
-@functools.partial(jax.jit, static_argnums=(2, 3, 4))
-def _stream_schedule(key, n, width, batch_size, num_batches):
+@functools.partial(jax.jit, static_argnums=(2, 3, 4, 5))
+def _stream_schedule(key, n, width, batch_size, num_batches, shuffle=True):
     n = jnp.asarray(n, jnp.int32)
     per_epoch = jnp.maximum(1, n // batch_size)
     padded = width + batch_size
 
     def one_batch(j):
         epoch, within = j // per_epoch, j % per_epoch
-        perm = epoch_permutation(jax.random.fold_in(key, epoch), n, width)
+        perm = epoch_permutation(jax.random.fold_in(key, epoch), n, width, shuffle)
         perm = jnp.pad(perm, (0, padded - width))
         pos = jax.lax.dynamic_slice(perm, (within * batch_size,), (batch_size,))
         return pos, jnp.arange(batch_size) < n

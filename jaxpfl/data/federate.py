@@ -1,4 +1,4 @@
-"""From a centralised :class:`RawData` to a :class:`FederatedDataset` (ALGORITHMS.md §7).
+"""From a centralised :class:`RawData` to a :class:`FederatedDataset` (docs/algorithms.md §7).
 
 The pool is always the source's train examples followed by its test examples (PFLlib's layout),
 so every index file refers to the same array whatever the partition. What gets partitioned

@@ -1,4 +1,4 @@
-"""Rotated datasets of the FEDORA reference (ALGORITHMS.md §7.7), replayed exactly.
+"""Rotated datasets of the FEDORA reference (docs/algorithms.md §7.7), replayed exactly.
 
 Client i of K sees every one of its images rotated by ``360 i / K`` degrees counter-clockwise
 (K = 36: 0, 10, ..., 350 degrees). The per-client examples are the reference's draws: with

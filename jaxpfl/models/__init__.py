@@ -1,4 +1,4 @@
-"""Model zoo (ALGORITHMS.md §8): ``get_model(name, input_shape, num_classes) -> Model``."""
+"""Model zoo (docs/algorithms.md §8): ``get_model(name, input_shape, num_classes) -> Model``."""
 
 from jaxpfl.models.base import Model, Params, count_params, leaf_at, ordered_leaves
 from jaxpfl.models.registry import MODELS, get_model

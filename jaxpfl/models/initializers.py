@@ -1,4 +1,4 @@
-"""Parameter initialisation schemes (ALGORITHMS.md §8).
+"""Parameter initialisation schemes (docs/algorithms.md §8).
 
 - ``'torch'``: every kernel and bias ~ U(−1/√fan_in, 1/√fan_in), PyTorch's default for
   ``nn.Linear`` and ``nn.Conv2d`` (its kaiming_uniform(a=√5) kernel bound equals 1/√fan_in);

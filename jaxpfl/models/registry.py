@@ -76,7 +76,7 @@ def get_model(
       input_shape: ``(H, W, C)`` of one example.
       num_classes: number of logits C.
       init: ``'torch'``, ``'flax'`` or ``'kt_per'``; ``None`` takes the model's default
-        (``'kt_per'`` for ``perfedavg_mlp``, ``'torch'`` for every other model; ALGORITHMS.md §8).
+        (``'kt_per'`` for ``perfedavg_mlp``, ``'torch'`` for every other model; docs/algorithms.md §8).
       normalize: ``(mean, std)``, scalars or per-channel sequences, applied after scaling pixels to
         [0, 1]; ``None`` takes the model's default ((0.5, 0.5) for 3-channel inputs).
       **kwargs: model options, e.g. ``dropout=0.6`` (``emnist_cnn``), ``elu_on_logits=False``

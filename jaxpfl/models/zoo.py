@@ -1,4 +1,4 @@
-"""Flax (linen) modules of the reference models (ALGORITHMS.md §8). Layout is NHWC.
+"""Flax (linen) modules of the reference models (docs/algorithms.md §8). Layout is NHWC.
 
 Every module takes the raw pixel batch ``x: [..., H, W, C]`` on the 0..255 scale (uint8 in
 practice), scales it to [0, 1] and applies the model's normalisation ``(x − mean) / std`` itself,
