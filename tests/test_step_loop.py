@@ -67,7 +67,7 @@ def test_stop_predicate_eager_and_jit_equal_python_loop(r, target, n_valid):
         assert float(x) == pytest.approx(want_x, abs=1e-5)
         assert int(st.steps) == want_steps
         assert bool(st.stopped) == want_stopped
-        assert bool(st.cap_hit) == (not want_stopped)
+        assert bool(st.cap_hit) == (not want_stopped and want_steps > 0)
     data, sched = _client(n_valid, ExecOptions(step_block=None))
     x, st = jax.jit(lambda c, k: local_steps(_step, c, k, data, sched, jax.random.key(0),
                                              stop=_stop))(jnp.float32(0), consts)
@@ -94,7 +94,7 @@ def test_stop_predicate_under_vmap_clients_stop_at_different_steps():
         want_x, want_steps, want_stopped = _python_loop(r, tg, n)
         assert float(xs[i]) == pytest.approx(want_x, abs=1e-5)
         assert int(st.steps[i]) == want_steps
-        assert bool(st.cap_hit[i]) == (not want_stopped)
+        assert bool(st.cap_hit[i]) == (not want_stopped and want_steps > 0)
         steps.append(want_steps)
     assert len(set(steps)) >= 3  # they really stop at different steps
     assert bool(st.cap_hit[2]) and int(st.steps[2]) == S  # the cap is honoured
@@ -130,3 +130,15 @@ def test_step_keys_are_the_clients_own_step_ids():
                        Schedule(sched.positions, sched.valid, None, ids), key)
     want = sum(float(jax.random.uniform(jax.random.fold_in(key, i))) for i in range(S))
     assert float(a) == pytest.approx(want, rel=1e-6) and float(b) == pytest.approx(want, rel=1e-6)
+
+
+def test_empty_client_costs_no_iterations_under_the_stop_loop():
+    """A client without an active step ends the while loop at once (no cap's worth of masked
+    iterations); a client whose active steps run out ends when they do."""
+    consts = (jnp.float32(0.5), jnp.float32(100.0))  # never stops by the predicate
+    for n_valid, want in ((0, 0), (5, 5)):
+        data, sched = _client(n_valid, ExecOptions(step_block=None))
+        _, st = jax.jit(lambda d, s: local_steps(_step, jnp.float32(0), consts, d, s,
+                                                 jax.random.key(0), stop=_stop))(data, sched)
+        assert int(st.compiled) == want and int(st.steps) == want
+        assert bool(st.cap_hit) == (want > 0)

@@ -114,7 +114,8 @@ class StepStats(NamedTuple):
         iterations of this client's ``while_loop`` lane, or the steps of the blocks actually
         dispatched on the eager path. ``steps / compiled`` is the useful share.
       stopped: the stop predicate fired (always False without one).
-      cap_hit: a stop predicate was given and never fired: the loop ran to its cap.
+      cap_hit: a stop predicate was given and never fired although steps ran: the loop ran
+        through its cap (the schedule's active steps).
       last_loss: the loss of the last active step (0 if none).
     """
 
@@ -189,7 +190,9 @@ def _body(step_fn: StepFn, stop: StopFn | None, consts, data, schedule: Schedule
 
 
 def _finish(lp: _Loop, compiled, with_stop: bool) -> tuple[PyTree, StepStats]:
-    cap_hit = (~lp.stopped) if with_stop else jnp.zeros((), bool)
+    # the cap is hit when the predicate never fired although steps ran (an empty schedule
+    # ran nothing and hit nothing)
+    cap_hit = (~lp.stopped & (lp.steps > 0)) if with_stop else jnp.zeros((), bool)
     return lp.carry, StepStats(lp.loss_sum, lp.steps, jnp.asarray(compiled, jnp.int32),
                                lp.stopped, cap_hit, lp.last_loss)
 
@@ -202,9 +205,15 @@ def _traced(step_fn, stop, carry, consts, data, schedule, key, unroll):
         lp, _ = jax.lax.scan(lambda c, _: (body(c), None), lp, None, length=num, unroll=unroll)
         return _finish(lp, num, False)
     # Data-dependent length: a while_loop. Under vmap the loop runs until every client has
-    # stopped or reached the cap; a finished client's lane is frozen by the batched loop (and
-    # masked by ``body``), so each client's result equals its own run.
-    lp = jax.lax.while_loop(lambda c: (c.s < num) & ~c.stopped, body, lp)
+    # stopped, reached the cap or has no active step left; a finished client's lane is frozen
+    # by the batched loop (and masked by ``body``), so each client's result equals its own run.
+    act = jnp.any(schedule.valid.reshape(num, -1), axis=-1)
+    left = jnp.flip(jnp.cumsum(jnp.flip(act.astype(jnp.int32))) > 0)  # an active step at >= s
+
+    def more(c: _Loop) -> jax.Array:
+        return (c.s < num) & ~c.stopped & left[jnp.minimum(c.s, num - 1)]
+
+    lp = jax.lax.while_loop(more, body, lp)
     return _finish(lp, lp.s, True)
 
 
@@ -240,7 +249,8 @@ def local_steps(
     state) is left unchanged. With ``stop``, the loop ends after the first active step for
     which ``stop(carry, consts, losses, count)`` is true, where ``losses[:count]`` are the
     losses of the active steps so far (in order); the schedule's length is the cap, and
-    ``StepStats.cap_hit`` says the loop reached it without stopping.
+    ``StepStats.cap_hit`` says the loop reached it without stopping. A loop with no active
+    step left ends at once (an empty client costs no iterations).
 
     Execution (never the result) depends on the context: inside ``jit``/``vmap`` the loop is a
     ``lax.scan`` (``lax.while_loop`` with ``stop``); called eagerly (the ``sequential``
