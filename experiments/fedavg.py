@@ -129,7 +129,8 @@ PRESETS: tuple[Preset, ...] = (
                 whole_preset=True,
             ),
             Reference(
-                source="PFLlib's own code on a CPU, same split, 25 rounds (docs/algorithms.md §2.4; "
+                source="PFLlib's own code on a CPU, same split, 25 rounds (docs/algorithms.md "
+                "§2.4; "
                 "±3 points across seeds)",
                 metric=PFLLIB_METRIC,
                 columns=("best acc_pooled (%)",),

@@ -1,4 +1,5 @@
-"""Model zoo (docs/algorithms.md §8): parameter counts, tensor order, shapes, dropout, init, inputs."""
+"""Model zoo (docs/algorithms.md §8): parameter counts, tensor order, shapes, dropout, init,
+inputs."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""Partitioners (docs/algorithms.md §7): coverage, exact streams against literal recipes, validation.
+"""Partitioners (docs/algorithms.md §7): coverage, exact streams against literal recipes,
+validation.
 
 The literal references below transcribe the §7 pseudocode line by line (lists, appends, one
 client at a time); the library's vectorised versions must reproduce them bit for bit.

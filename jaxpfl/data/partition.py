@@ -1,4 +1,5 @@
-"""Seeded NumPy partitioners (docs/algorithms.md §7): labels or writer ids -> per-client index arrays.
+"""Seeded NumPy partitioners (docs/algorithms.md §7): labels or writer ids -> per-client index
+arrays.
 
 Every partitioner returns ``list[np.ndarray]``: one int64 array per client, holding indices into
 the array it was given, in the client's *stored order* (the order an unshuffled loader and

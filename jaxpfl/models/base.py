@@ -22,7 +22,8 @@ class Model:
       apply: ``apply(params, x, train=False, key=None) -> logits [B, num_classes]``; ``x`` is the
         raw uint8 batch: scaling to [0, 1] and the model's normalisation happen inside, on device.
         ``key`` drives dropout when ``train=True``.
-      param_order: parameter tensor paths in forward order, kernel before bias (docs/algorithms.md §1.2).
+      param_order: parameter tensor paths in forward order, kernel before bias
+        (docs/algorithms.md §1.2).
       num_classes: C.
     """
 

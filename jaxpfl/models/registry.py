@@ -52,7 +52,8 @@ def _resolve_normalize(
     cls: type[nn.Module], normalize: tuple[FloatOrSeq, FloatOrSeq] | None, channels: int
 ) -> zoo.Normalize:
     if normalize is None:
-        return zoo.HALF if channels == 3 else cls.normalize
+        # colour inputs: PFLlib's 0.5/0.5 per channel, except for models that read raw [0, 1]
+        return zoo.HALF if channels == 3 and cls.normalize != zoo.RAW else cls.normalize
     mean, std = normalize
     std_t = _channels(std, channels, "std")
     if any(s <= 0.0 for s in std_t):
@@ -76,9 +77,11 @@ def get_model(
       input_shape: ``(H, W, C)`` of one example.
       num_classes: number of logits C.
       init: ``'torch'``, ``'flax'`` or ``'kt_per'``; ``None`` takes the model's default
-        (``'kt_per'`` for ``perfedavg_mlp``, ``'torch'`` for every other model; docs/algorithms.md §8).
+        (``'kt_per'`` for ``perfedavg_mlp``, ``'torch'`` for every other model;
+        docs/algorithms.md §8).
       normalize: ``(mean, std)``, scalars or per-channel sequences, applied after scaling pixels to
-        [0, 1]; ``None`` takes the model's default ((0.5, 0.5) for 3-channel inputs).
+        [0, 1]; ``None`` takes the model's default ((0.5, 0.5) for 3-channel inputs, except for
+        models on raw [0, 1] pixels).
       **kwargs: model options, e.g. ``dropout=0.6`` (``emnist_cnn``), ``elu_on_logits=False``
         (``perfedavg_mlp``).
 
