@@ -5,11 +5,20 @@ sequential or sharded over a device mesh) inside one compiled round; a thin driv
 """
 
 from jaxpfl.algorithms import (
+    SERVER_OPTIMIZERS,
+    FedALAConfig,
     FedAvgConfig,
+    FedoraConfig,
+    PerFedAvgConfig,
     PersonalizedFedAvgConfig,
+    fedala,
     fedavg,
+    fedora,
+    per_fedavg,
+    per_fedavg_personalize,
     personalize,
     personalized_fedavg,
+    propagation_matrix,
     server_optimizer,
 )
 from jaxpfl.core import (
@@ -59,6 +68,15 @@ from jaxpfl.run import run as simulate  # ``jaxpfl.run`` stays the driver module
 __version__ = "0.1.0"
 
 __all__ = [
+    "SERVER_OPTIMIZERS",
+    "FedALAConfig",
+    "FedoraConfig",
+    "PerFedAvgConfig",
+    "fedala",
+    "fedora",
+    "per_fedavg",
+    "per_fedavg_personalize",
+    "propagation_matrix",
     "MODELS",
     "PARTITIONS",
     "SOURCES",

@@ -21,6 +21,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxpfl import distributed
 from jaxpfl.core import keys as K
 from jaxpfl.core.buckets import Splits
 from jaxpfl.core.engine import (
@@ -169,14 +170,20 @@ class _Checkpoints:
 
     def save(self, t: int, state: State) -> None:
         self.manager.save(t, args=self.ocp.args.StandardSave({"state": state}))
-        self.manager.wait_until_finished()
-        tmp = self.meta_path + ".tmp"
-        with open(tmp, "w") as f:
-            json.dump({"config_hash": self.hash, "round": t}, f)
-        os.replace(tmp, self.meta_path)
+        self.manager.wait_until_finished()  # every process calls save (multi-process orbax)
+        if distributed.is_main():
+            tmp = self.meta_path + ".tmp"
+            with open(tmp, "w") as f:
+                json.dump({"config_hash": self.hash, "round": t}, f)
+            os.replace(tmp, self.meta_path)
+        distributed.barrier(f"jaxpfl_checkpoint_{t}")
 
     def restore(self, t: int, like: State) -> State:
-        abstract = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype), {"state": like})
+        def spec(a):  # onto like's placement: restores under any process / device count
+            sharding = a.sharding if isinstance(a, jax.Array) else None
+            return jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=sharding)
+
+        abstract = jax.tree.map(spec, {"state": like})
         got = self.manager.restore(t, args=self.ocp.args.StandardRestore(abstract))
         return got["state"]
 
@@ -194,8 +201,12 @@ def _prepare_out(config: RunConfig) -> None:
                 f"{out} is not empty (an earlier run?); pass --overwrite to replace it, "
                 "--resume to continue it, or choose another --out"
             )
-        shutil.rmtree(out)
-    os.makedirs(out, exist_ok=True)
+        distributed.barrier("jaxpfl_out_checked")  # every process checked before any clears
+        if distributed.is_main():
+            shutil.rmtree(out)
+    if distributed.is_main():
+        os.makedirs(out, exist_ok=True)
+    distributed.barrier("jaxpfl_out_ready")
 
 
 def _round_means(out, m: int) -> dict[str, float]:
@@ -243,7 +254,12 @@ def run(
         if ph.algorithm.global_params is None:
             raise ConfigError(f"phase '{ph.name}' ({ph.algorithm.name}) has no global model "
                               "to start the next phase from")
+    if distributed.is_multiprocess() and strategy.name != "sharded":
+        raise ConfigError(f"{distributed.process_count()} processes need the sharded strategy "
+                          f"(got '{strategy.name}'); use --strategy sharded")
     x, y = pool if pool is not None else (jnp.asarray(dataset.x), jnp.asarray(dataset.y))
+    if strategy.name == "sharded":  # the pool replicated once on the (global) mesh
+        x, y = distributed.replicate((x, y), strategy.mesh())
     total = sum(p.rounds for p in phases)
     rounds_fns = [make_round(p.algorithm, strategy) for p in phases]
     ms = [clients_per_round(p.clients_per_round, len(train_pool)) for p in phases]
@@ -264,8 +280,20 @@ def run(
             plans[i] = phase_plan(splits, sel, strategy) if sel else None
         return plans[i]
 
+    for ph, m in zip(phases, ms):
+        if ph.algorithm.full_participation and m < len(train_pool):
+            raise ConfigError(
+                f"phase '{ph.name}' ({ph.algorithm.name}) needs every training client in every "
+                f"round; it samples {m} of {len(train_pool)} (use --participation 1)"
+            )
+
     def init_phase(i: int, params: PyTree) -> State:
-        return phases[i].algorithm.init(K.derive(root, K.INIT, i + 1), params, dataset.num_clients)
+        state = phases[i].algorithm.init(K.derive(root, K.INIT, i + 1), params,
+                                         dataset.num_clients)
+        state = jax.tree.map(jnp.copy, state)  # distinct buffers: the round donates its state
+        if strategy.name == "sharded":  # replicated on the (global) mesh, as rounds return it
+            state = distributed.replicate(state, strategy.mesh())
+        return state
 
     w0 = init_params(K.derive(root, K.INIT, 0))
     state = init_phase(0, w0)
@@ -286,12 +314,13 @@ def run(
             if os.path.exists(metrics_path):
                 with open(metrics_path) as f:
                     history = [r for r in map(json.loads, f) if r["round"] <= t0]
-            with open(metrics_path, "w") as f:  # each round exactly once
-                f.writelines(json.dumps(r) + "\n" for r in history)
+            if distributed.is_main():
+                with open(metrics_path, "w") as f:  # each round exactly once
+                    f.writelines(json.dumps(r) + "\n" for r in history)
 
     def log(rec: dict[str, Any]) -> None:
         history.append(rec)
-        if metrics_path:
+        if metrics_path and distributed.is_main():
             with open(metrics_path, "a") as f:
                 f.write(json.dumps(rec) + "\n")
 
@@ -326,6 +355,8 @@ def run(
         inputs = host._replace(groups=place_rows(host.groups, strategy))
         tic = time.perf_counter()
         state, out = rounds_fns[i](state, x, y, inputs, jnp.int32(t), root)
+        if distributed.is_multiprocess():  # the round's outputs on every host
+            out = distributed.to_host(out)
         loss = np.asarray(out.metrics["train_loss"])[: len(ids)] if "train_loss" in out.metrics \
             else np.zeros(len(ids))
         train_seconds += time.perf_counter() - tic
@@ -359,7 +390,7 @@ def run(
     summary["train_seconds"] = train_seconds
     summary["rounds"] = total
     summary["strategy"] = dataclasses.asdict(strategy)
-    if config.out:
+    if config.out and distributed.is_main():
         with open(os.path.join(config.out, "summary.json"), "w") as f:
             json.dump(summary, f, indent=2)
     return {"history": history, "summary": summary, "state": state}
@@ -379,6 +410,16 @@ def summarize_history(history: Sequence[dict[str, Any]]) -> dict[str, Any]:
         return out
     keys = [k for k, v in history[-1].items() if "acc" in k and isinstance(v, float)]
     full = [r for r in history if not r.get("subsampled", False)] or history[-1:]
+    # test metrics at the evaluation with the best validation metric (val_<m> selects <m>)
+    selected = {}
+    for k in keys:
+        if k.startswith("val_") and any(k in r for r in full):
+            best = max((r for r in full if k in r), key=lambda r: r[k])
+            m = k[len("val_"):]
+            if m in best:
+                selected[m] = {"value": best[m], "round": best["round"], "val": best[k]}
+    if selected:
+        out["val_selected"] = selected
     for k in keys:
         vals = [r[k] for r in full if k in r]
         if not vals:
@@ -395,7 +436,9 @@ def summarize_history(history: Sequence[dict[str, Any]]) -> dict[str, Any]:
 def plot_curves(
     history: Sequence[dict[str, Any]], keys: Sequence[str], path: str, title: str = ""
 ) -> None:
-    """Accuracy curves over rounds (matplotlib, Agg) saved to ``path``."""
+    """Accuracy curves over rounds (matplotlib, Agg) saved to ``path`` (by process 0 only)."""
+    if not distributed.is_main():
+        return
     import matplotlib
 
     matplotlib.use("Agg")

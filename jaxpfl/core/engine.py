@@ -35,6 +35,12 @@ Shapes and meanings:
   per-client evaluation.
 * ``finite(state) -> pytree`` (optional): what the driver's NaN guard checks after each round;
   default: ``global_params(server)`` if defined, else the whole state.
+* ``full_participation`` (default False): the algorithm needs every training client in every
+  round (FEDORA); the driver refuses a phase that samples fewer.
+
+``init`` must return a state whose leaves are distinct arrays (the jitted round donates the
+state; two leaves sharing one buffer cannot both be donated). The driver copies the initial
+state once, so this only matters when calling ``make_round`` directly.
 
 Metric keys the driver reads from ``client_update``'s metrics: ``train_loss`` (optional; a
 non-finite value stops the run naming the clients), ``steps`` and ``compiled_steps``
@@ -99,6 +105,7 @@ from jaxpfl.core import keys as K
 from jaxpfl.core.buckets import Rows
 from jaxpfl.core.train import ClientData, ExecOptions
 from jaxpfl.core.tree import gather_rows, stack, unstack
+from jaxpfl.distributed import put
 from jaxpfl.errors import ConfigError
 
 PyTree = Any
@@ -132,6 +139,7 @@ class Algorithm(NamedTuple):
     client_stage: Callable[..., tuple[PyTree, dict]] | None = None
     personal_params: Callable[[State], PyTree] | None = None
     finite: Callable[[State], PyTree] | None = None
+    full_participation: bool = False
 
     def check_tree(self, state: State) -> PyTree:
         """What the NaN guard checks (``finite``, else the global model, else everything)."""
@@ -365,14 +373,14 @@ def _scatter_metrics(acc: dict, metrics: dict, g: Rows, k: int) -> dict:
 
 def place_rows(groups: tuple[Rows, ...] | None, strategy: Strategy):
     """Groups of rows on the device (client axis on the mesh for ``sharded``); arrays already
-    placed are left where they are."""
+    placed are left where they are. With several processes (``jaxpfl.distributed``) every
+    process passes the same host rows and gets global arrays over all processes' devices."""
     if groups is None:
         return None
     if strategy.name != "sharded":
         return tuple(jax.tree.map(jnp.asarray, g) for g in groups)
     sharding = NamedSharding(strategy.mesh(), P("clients"))
-    return tuple(jax.tree.map(lambda a: jax.device_put(jnp.asarray(a), sharding), g)
-                 for g in groups)
+    return tuple(put(g, sharding) for g in groups)
 
 
 def place_inputs(inputs: RoundInputs, strategy: Strategy) -> RoundInputs:

@@ -1,0 +1,460 @@
+"""Per-FedAvg FO / HF (ALGORITHMS.md §4.6, §1.8) against independent per-client loops.
+
+The references below implement §4.1's pseudocode literally, client by client, reading the
+batches from the exported schedules (``stream_schedule``; ``epoch_schedule`` for ``epochs``)
+themselves: NumPy gradients of the toy MLP (``toy.py``), the fd formula, and for ``exact`` the
+full Hessian matrix (``jax.hessian`` of a literal float64 loss) times v.
+"""
+
+import dataclasses
+import importlib.util
+import sys
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
+from toy import MODEL, np_loss_grad, np_params, np_sgd_epochs, schedule_batches, toy_dataset
+
+from jaxpfl.algorithms.per_fedavg import (
+    PerFedAvgConfig,
+    meta_schedule,
+    meta_step,
+    per_fedavg,
+    personalize,
+)
+from jaxpfl.core import (
+    Batch,
+    ClientData,
+    ClientEvaluator,
+    Splits,
+    Strategy,
+    derive,
+    epoch_schedule,
+    evaluate_global,
+    make_round,
+    place_inputs,
+    round_inputs,
+    stream_schedule,
+)
+from jaxpfl.core import keys as K
+from jaxpfl.errors import ConfigError, RunError
+from jaxpfl.models.base import Model
+from jaxpfl.run import Phase, RunConfig, run
+
+ROOT = jax.random.key(11)
+REPO = Path(__file__).resolve().parents[1]
+SEQ = Strategy("sequential")
+# Small learning rates keep the float32 engine within 1e-5 of the float64 references.
+FO = PerFedAvgConfig(variant="fo", inner_lr=0.1, outer_lr=0.2, batch_size=5, meta_steps=3)
+HF = dataclasses.replace(FO, variant="hf")
+HF_EXACT = dataclasses.replace(HF, hvp="exact")
+FO_EPOCHS = dataclasses.replace(FO, meta_steps=None, epochs=1, calls_per_round=2, weighted=True)
+
+
+def _params(model=MODEL):
+    return model.init(jax.random.key(1), jnp.zeros((1, 4, 4, 1), jnp.uint8))
+
+
+def run_rounds(cfg, rounds=3, strategy=SEQ, clients=None, ds=None, model=MODEL, loss=None):
+    ds = ds or toy_dataset()
+    alg = per_fedavg(model, cfg) if loss is None else per_fedavg(model, cfg, loss=loss)
+    state = alg.init(ROOT, _params(model), ds.num_clients)
+    if strategy.name == "sharded":  # replicated on the mesh as the round returns it (1 compile)
+        state = jax.device_put(state, NamedSharding(strategy.mesh(), P()))
+    rnd = make_round(alg, strategy)
+    x, y = jnp.asarray(ds.x), jnp.asarray(ds.y)
+    clients = np.arange(ds.num_clients) if clients is None else np.asarray(clients)
+    outs = []
+    for t in range(rounds):
+        inputs = place_inputs(round_inputs(ds, clients, strategy), strategy)
+        state, out = rnd(state, x, y, inputs, jnp.int32(t), ROOT)
+        outs.append(jax.tree.map(np.asarray, out.metrics))
+    return state, outs
+
+
+# ---- the independent reference ------------------------------------------------------------
+
+
+def _width(ds):
+    """One index-row width for every client (the positions of a client's examples do not
+    depend on it, §1.3; one width = one compilation of the schedule functions)."""
+    return int(ds.train.sizes.max())
+
+
+def client_batches(cfg, ds, k, t):
+    """Client k's batches of round t as a list of meta-steps, each a list of 2 or 3 index
+    arrays, read from the exported schedules directly."""
+    nb = 2 if cfg.variant == "fo" else 3
+    order = jax.random.fold_in(derive(ROOT, K.DATA, t, k), 0)
+    n, width = len(ds.train[k]), _width(ds)
+    if cfg.epochs is None:  # the next nb batches of the step stream, τ times
+        num = nb * cfg.meta_steps * cfg.calls_per_round
+        flat = schedule_batches(stream_schedule(order, n, width, cfg.batch_size, num),
+                                ds.train[k])
+        return [flat[i : i + nb] for i in range(0, len(flat), nb)]
+    big = epoch_schedule(order, n, width, nb * cfg.batch_size,
+                         cfg.epochs * cfg.calls_per_round, drop_last=True, shuffle=cfg.shuffle)
+    b = cfg.batch_size  # one nb·B loader batch split into nb consecutive batches of B
+    return [[s[i * b : (i + 1) * b] for i in range(nb)]
+            for s in schedule_batches(big, ds.train[k])]
+
+
+def _flat(p):
+    return np.concatenate([p[k].ravel() for k in ("w1", "b1", "w2", "b2")])
+
+
+def _unflat(v, like):
+    out, o = {}, 0
+    for k in ("w1", "b1", "w2", "b2"):
+        out[k] = v[o : o + like[k].size].reshape(like[k].shape)
+        o += like[k].size
+    return out
+
+
+def _literal_loss(vec, x, y):
+    q = _unflat(vec, SHAPES)
+    h = jnp.tanh(x.reshape(len(x), -1) / 255.0 @ q["w1"] + q["b1"][None, :])
+    z = h @ q["w2"] + q["b2"][None, :]
+    return -jnp.mean(jax.nn.log_softmax(z)[jnp.arange(len(y)), y])
+
+
+SHAPES = {k: np.zeros(np.shape(v)) for k, v in _params().items()}
+_hessian = jax.jit(jax.hessian(_literal_loss))
+
+
+def hessian_times(p, x, y, v):
+    """H(θ; batch) v with the full Hessian matrix of a literal float64 loss."""
+    with jax.enable_x64(True):
+        vec = jnp.asarray(_flat(p), jnp.float64)
+        hess = np.asarray(_hessian(vec, jnp.asarray(x, jnp.float64), jnp.asarray(y)))
+    return _unflat(hess @ _flat(v), p)
+
+
+def reference_client(w, cfg, ds, k, t):
+    """§4.1 for client k in round t, literally."""
+    a, b, d = cfg.inner_lr, cfg.outer_lr, cfg.delta
+    theta = dict(w)
+    for batches in client_batches(cfg, ds, k, t):
+        D, D1 = batches[0], batches[1]
+        _, g = np_loss_grad(theta, ds.x[D], ds.y[D])
+        w_tilde = {p: theta[p] - a * g[p] for p in w}
+        _, v = np_loss_grad(w_tilde, ds.x[D1], ds.y[D1])
+        if cfg.variant == "fo":
+            theta = {p: theta[p] - b * v[p] for p in w}
+            continue
+        D2 = batches[2]  # the Hessian at the PRE-inner weights θ
+        if cfg.hvp == "fd":
+            _, gp = np_loss_grad({p: theta[p] + d * v[p] for p in w}, ds.x[D2], ds.y[D2])
+            _, gm = np_loss_grad({p: theta[p] - d * v[p] for p in w}, ds.x[D2], ds.y[D2])
+            h = {p: (gp[p] - gm[p]) / (2 * d) for p in w}
+        else:
+            h = hessian_times(theta, ds.x[D2], ds.y[D2], v)
+        theta = {p: theta[p] - b * (v[p] - a * h[p]) for p in w}
+    return theta
+
+
+def reference_per_fedavg(cfg, rounds=3, ds=None):
+    ds = ds or toy_dataset()
+    w = np_params(_params())
+    for t in range(rounds):
+        thetas = [reference_client(w, cfg, ds, k, t) for k in range(ds.num_clients)]
+        n = ds.train.sizes.astype(np.float64)
+        p = n / n.sum() if cfg.weighted else np.full(len(n), 1.0 / len(n))
+        w = {key: sum(pk * th[key] for pk, th in zip(p, thetas)) for key in w}
+    return w
+
+
+def assert_close(params, ref, tol=1e-5):
+    for key in ref:
+        np.testing.assert_allclose(np.asarray(params[key]), ref[key], atol=tol, rtol=0)
+
+
+@pytest.mark.parametrize("cfg", [FO, HF, HF_EXACT, FO_EPOCHS],
+                         ids=["fo", "hf_fd", "hf_exact", "fo_epochs_weighted_2calls"])
+def test_three_rounds_equal_reference_loop(cfg):
+    state, outs = run_rounds(cfg)
+    assert_close(state.server.params, reference_per_fedavg(cfg))
+    ds = toy_dataset()
+    steps = [len(client_batches(cfg, ds, k, 2)) for k in range(ds.num_clients)]
+    assert outs[-1]["steps"].tolist() == steps
+    if cfg.epochs:  # PFLlib's count: 2 calls x floor(n_k / 2B) meta-steps
+        assert steps == [2 * (n // 10) for n in ds.train.sizes]
+
+
+# ---- closed forms ---------------------------------------------------------------------------
+
+
+def quadratic_loss(model, params, batch, key, train):
+    """ℓ(θ; b) = ½θᵀA_bθ − c_bᵀθ, A_b = I + mean_i u_i u_iᵀ, c_b = mean_i y_i u_i (valid i)."""
+    del model, key, train
+    u, wv = batch.x, batch.valid.astype(batch.x.dtype)
+    m = jnp.maximum(jnp.sum(wv), 1.0)
+    A = jnp.eye(u.shape[-1], dtype=u.dtype) + jnp.einsum("i,ij,ik->jk", wv, u, u) / m
+    c = jnp.einsum("i,i,ij->j", wv, batch.y, u) / m
+    th = params["theta"]
+    return 0.5 * th @ A @ th - c @ th
+
+
+def _quad_ab(x, y, idx):
+    u = x[idx]
+    return np.eye(u.shape[1]) + u.T @ u / len(idx), (y[idx][:, None] * u).mean(0)
+
+
+@pytest.mark.parametrize("hvp", ["fd", "exact"])
+def test_quadratic_losses_equal_closed_form(hvp):
+    """θ_t = θ_{t−1} − β (I − αA_{D''})(A_{D'} w̃ − c_{D'}), w̃ = θ − α(A_D θ − c_D) (float64)."""
+    with jax.enable_x64(True):
+        rng = np.random.default_rng(0)
+        n, d = 30, 4
+        x, y = rng.normal(size=(n, d)), rng.normal(size=n)
+        cfg = PerFedAvgConfig(inner_lr=0.3, outer_lr=0.5, batch_size=4, meta_steps=2, hvp=hvp)
+        alg = per_fedavg("quadratic", cfg, loss=quadratic_loss)
+        w = {"theta": jnp.asarray(rng.normal(size=d))}
+        data = ClientData(jnp.arange(n, dtype=jnp.int32), jnp.int32(n), jnp.asarray(x),
+                          jnp.asarray(y))
+        key = jax.random.key(5)
+        _, msg, metrics = alg.client_update(alg.init(None, w, 1).server, None, data, key)
+        sched = meta_schedule(cfg, jax.random.fold_in(key, 0), n, n)
+        theta = np.asarray(w["theta"])
+        for s in range(2):
+            (A0, c0), (A1, c1), (A2, _) = (_quad_ab(x, y, np.asarray(sched.positions[s, i]))
+                                           for i in range(3))
+            w_tilde = theta - 0.3 * (A0 @ theta - c0)
+            theta = theta - 0.5 * (np.eye(d) - 0.3 * A2) @ (A1 @ w_tilde - c1)
+        np.testing.assert_allclose(np.asarray(msg.params["theta"]), theta, atol=1e-10, rtol=0)
+        assert int(metrics["steps"]) == 2
+
+
+def _ce64(model, params, batch, key, train):
+    logits = model.apply(params, batch.x, train=train, key=key)
+    nll = -jnp.take_along_axis(jax.nn.log_softmax(logits), batch.y[:, None], axis=1)[:, 0]
+    v = batch.valid.astype(logits.dtype)
+    return jnp.sum(nll * v) / jnp.maximum(jnp.sum(v), 1.0)
+
+
+def test_fd_error_shrinks_like_delta_squared_on_tanh_mlp():
+    """‖h_fd − h_exact‖ = ‖θ⁺_fd − θ⁺_exact‖ / (αβ) (v is shared); halving δ divides it by ≈ 4."""
+    ds = toy_dataset()
+    with jax.enable_x64(True):
+        w = jax.tree.map(lambda a: jnp.asarray(a, jnp.float64), _params())
+        pos = np.asarray(ds.train[5][:24]).reshape(3, 8)
+        batch = Batch(jnp.asarray(ds.x[pos]), jnp.asarray(ds.y[pos]), jnp.ones((3, 8), bool))
+
+        def after(**kw):
+            cfg = PerFedAvgConfig(inner_lr=1.0, outer_lr=1.0, **kw)
+            carry = (w, jnp.zeros((), jnp.float32))
+            (theta, _), _ = meta_step(MODEL, cfg, _ce64)(carry, None, batch, ROOT)
+            return np.concatenate([np.ravel(a) for a in jax.tree.leaves(theta)])
+
+        exact = after(hvp="exact")
+        errs = [np.linalg.norm(after(hvp="fd", delta=d) - exact) for d in (0.04, 0.02, 0.01)]
+    assert errs[2] < 1e-3 * np.linalg.norm(exact)
+    for big, small in zip(errs, errs[1:]):
+        assert 3.5 < big / small < 4.5, errs
+
+
+def test_alpha_zero_is_sgd_with_outer_lr_on_the_second_batches():
+    """α = 0: w̃ = θ and HF's α·Hv term vanishes, so FO and HF are SGD with lr β on D'. With
+    τ = 1 both read D' = batch 1 of the same stream, so FO == HF as well."""
+    ds = toy_dataset()
+    results = []
+    for cfg in (FO, HF):
+        cfg = dataclasses.replace(cfg, inner_lr=0.0, meta_steps=1)
+        state, _ = run_rounds(cfg, ds=ds)
+        w = np_params(_params())
+        for t in range(3):
+            thetas = [np_sgd_epochs(w, ds.x, ds.y, [b[1] for b in client_batches(cfg, ds, k, t)],
+                                    cfg.outer_lr) for k in range(6)]
+            w = {p: np.mean([th[p] for th in thetas], 0) for p in w}
+        assert_close(state.server.params, w)
+        results.append(state.server.params)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-7), *results)
+
+
+# ---- schedules --------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("variant", ["fo", "hf"])
+def test_each_meta_step_reads_distinct_batches_of_the_stream(variant):
+    nb = 2 if variant == "fo" else 3
+    n, b = 40, 5  # 8 stream batches per epoch
+    cfg = PerFedAvgConfig(variant=variant, batch_size=b, meta_steps=8 // nb)
+    key = jax.random.key(3)
+    s = meta_schedule(cfg, key, n, n)
+    assert s.positions.shape == (8 // nb, nb, b) and bool(jnp.all(s.valid))
+    seen = np.asarray(s.positions).ravel()
+    assert len(set(seen.tolist())) == len(seen)  # no example twice within the stream epoch
+    stream = stream_schedule(key, n, n, b, nb * (8 // nb))  # step t = stream batches nb·t..
+    np.testing.assert_array_equal(np.asarray(s.positions).reshape(-1, b), stream.positions)
+    # a fresh stream every round: round 1 does not replay round 0's batches (KT-Per's stale
+    # iterator is impossible by construction)
+    other = meta_schedule(cfg, jax.random.fold_in(derive(ROOT, K.DATA, 1, 0), 0), n, n)
+    first = meta_schedule(cfg, jax.random.fold_in(derive(ROOT, K.DATA, 0, 0), 0), n, n)
+    assert not np.array_equal(np.asarray(other.positions), np.asarray(first.positions))
+    # epochs: floor(n / nb·B) meta-steps per epoch, each epoch's examples distinct
+    e = meta_schedule(dataclasses.replace(cfg, meta_steps=None, epochs=2), key, 43, 50)
+    active = np.asarray(e.valid).any(axis=(1, 2))
+    per_epoch = 43 // (nb * b)
+    assert active.sum() == 2 * per_epoch and np.asarray(e.valid)[active].all()
+    pos = np.asarray(e.positions)[active].reshape(2, -1)
+    for epoch in pos:
+        assert len(set(epoch.tolist())) == len(epoch) and epoch.max() < 43
+
+
+def _load_script():
+    name = "_experiment_per_fedavg"
+    if name not in sys.modules:
+        spec = importlib.util.spec_from_file_location(name, REPO / "experiments" / "per_fedavg.py")
+        mod = importlib.util.module_from_spec(spec)
+        sys.modules[name] = mod
+        spec.loader.exec_module(mod)
+    return sys.modules[name]
+
+
+def test_pfllib_preset_splits_one_2b_batch_into_halves():
+    cfg = _load_script().parse(["--preset", "pfllib"])[PerFedAvgConfig]
+    assert (cfg.variant, cfg.inner_lr, cfg.outer_lr, cfg.batch_size) == ("fo", 0.005, 0.005, 10)
+    assert (cfg.epochs, cfg.calls_per_round, cfg.weighted, cfg.meta_steps) == (1, 2, True, None)
+    key, n = jax.random.key(9), 61
+    s = meta_schedule(cfg, key, n, 70)
+    # PFLlib's loader: batch 2B = 20, drop_last, reshuffled every epoch; one epoch per call
+    loader = epoch_schedule(key, n, 70, 20, 2, drop_last=True)
+    big = schedule_batches(loader, np.arange(70))
+    active = np.asarray(s.valid).any(axis=(1, 2))
+    assert active.sum() == len(big) == 2 * (n // 20)
+    for (first, second), batch in zip(np.asarray(s.positions)[active], big):
+        assert len(first) == len(second) == 10
+        np.testing.assert_array_equal(np.concatenate([first, second]), batch)
+
+
+# ---- strategies, determinism, the driver -----------------------------------------------------
+
+
+def test_vmap_sequential_sharded_agree():
+    """HF with epochs (masked tail steps), two calls and weights: every strategy, permuted
+    client order, two rounds. The exact HVP: fd's float32 cancellation would amplify last-bit
+    differences between strategies by α/2δ (§4.5), beyond 1e-6."""
+    cfg = dataclasses.replace(HF_EXACT, batch_size=2, meta_steps=None, epochs=1,
+                              calls_per_round=2, weighted=True)
+    base, _ = run_rounds(cfg, rounds=2)
+    for strategy in (Strategy("vmap", buckets=1), Strategy("sharded", buckets=1)):
+        other, _ = run_rounds(cfg, rounds=2, strategy=strategy, clients=[4, 1, 5, 0, 2, 3])
+        jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-6),
+                     base.server.params, other.server.params)
+
+
+def _driver(cfg, seed, rounds=2, model=MODEL):
+    ds = toy_dataset()
+    alg = per_fedavg(model, cfg)
+    rc = RunConfig(seed=seed, progress=False, strategy=SEQ)
+    return run([Phase("p", alg, rounds)], ds, lambda key: _params(model), lambda s, t, f: {}, rc)
+
+
+def test_two_runs_with_one_seed_are_bit_identical():
+    a, b, c = (_driver(HF, seed)["state"].server.params for seed in (4, 4, 5))
+    jax.tree.map(np.testing.assert_array_equal, a, b)
+    assert any(not np.array_equal(x, y) for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(c)))
+
+
+def _linear_apply(params, x, train=False, key=None):
+    del train, key  # no dropout
+    h = x.reshape(x.shape[0], -1).astype(jnp.float32) / 255.0
+    return h @ params["w1"] @ params["w2"]
+
+
+LINEAR = Model("linear2", lambda key, x: {
+    "w1": jax.random.normal(key, (16, 8)), "w2": jax.random.normal(jax.random.fold_in(key, 1),
+                                                                    (8, 3))},
+    _linear_apply, (("w1",), ("w2",)), 3, (4, 4, 1))
+
+
+def test_nan_guard_stops_a_diverging_hf_run_naming_the_round():
+    """A two-layer linear net: each layer's gradient grows with the other layer, so a large β
+    blows up geometrically. The first non-finite round is found by stepping rounds by hand."""
+    cfg = PerFedAvgConfig(inner_lr=1.0, outer_lr=30.0, batch_size=5, meta_steps=3)
+    ds, alg = toy_dataset(), per_fedavg(LINEAR, cfg)
+    state = alg.init(ROOT, _params(LINEAR), ds.num_clients)
+    rnd, x, y = make_round(alg, SEQ), jnp.asarray(ds.x), jnp.asarray(ds.y)
+    first = None
+    for t in range(8):
+        inputs = place_inputs(round_inputs(ds, np.arange(6), SEQ), SEQ)
+        state, out = rnd(state, x, y, inputs, jnp.int32(t), ROOT)
+        leaves = [out.metrics["train_loss"], *jax.tree.leaves(state.server.params)]
+        if not all(np.isfinite(np.asarray(a)).all() for a in leaves):
+            first = t
+            break
+    assert first is not None and first >= 1, first  # diverges, and not in the first round
+    with pytest.raises(RunError, match=rf"non-finite loss or parameters in round {first} \("):
+        _driver(cfg, 11, rounds=8, model=LINEAR)  # seed 11: the root key ROOT of this file
+
+
+# ---- personalization ----------------------------------------------------------------------------
+
+
+def _evaluate(cfg, params, strategy=SEQ, ds=None):
+    ds = ds or toy_dataset(test_per_client=9)
+    rows = np.arange(ds.num_clients)
+    keys = jnp.stack([derive(ROOT, K.EVAL, 0, int(r)) for r in rows])
+    ev = ClientEvaluator(personalize(MODEL, cfg), jnp.asarray(ds.x), jnp.asarray(ds.y),
+                         Splits.of(ds), strategy)
+    return ds, keys, ev(params, rows, keys)
+
+
+def test_personalization_steps_on_training_stream_and_keeps_w():
+    cfg = dataclasses.replace(FO, personalization_steps=2)
+    params = _params()
+    before = jax.tree.map(np.array, params)
+    ds, keys, (init, pers) = _evaluate(cfg, params)
+    jax.tree.map(np.testing.assert_array_equal, before, jax.tree.map(np.asarray, params))
+    x, y = jnp.asarray(ds.x), jnp.asarray(ds.y)
+    plain = evaluate_global(MODEL, params, x, y, [ds.test[k] for k in range(6)])
+    np.testing.assert_array_equal(init.correct, plain.correct)
+    np.testing.assert_allclose(init.loss_sum, plain.loss_sum, rtol=1e-5)
+    w = np_params(params)
+    for k in range(6):
+        tr, q = ds.train[k], ds.test[k]
+        sched = stream_schedule(jax.random.fold_in(keys[k], 0), len(tr), _width(ds), 5, 2)
+        theta = np_sgd_epochs(w, ds.x, ds.y, schedule_batches(sched, tr), cfg.inner_lr)
+        loss, _ = np_loss_grad(theta, ds.x[q], ds.y[q])
+        np.testing.assert_allclose(pers.loss_sum[k], loss * len(q), rtol=1e-4)
+
+
+def test_zero_personalization_steps_give_pers_equal_plain_evaluation():
+    params = _params()
+    ds, _, (_, pers) = _evaluate(dataclasses.replace(FO, personalization_steps=0), params)
+    plain = evaluate_global(MODEL, params, jnp.asarray(ds.x), jnp.asarray(ds.y),
+                            [ds.test[k] for k in range(6)])
+    np.testing.assert_array_equal(pers.correct, plain.correct)
+    np.testing.assert_array_equal(pers.count, plain.count)
+    np.testing.assert_allclose(pers.loss_sum, plain.loss_sum, rtol=1e-5)
+
+
+def test_bad_config_raises_one_line_errors():
+    with pytest.raises(ConfigError, match="variant"):
+        PerFedAvgConfig(variant="so")
+    with pytest.raises(ConfigError, match="not both"):
+        PerFedAvgConfig(meta_steps=2, epochs=1)
+    with pytest.raises(ConfigError, match="shuffle off needs epochs"):
+        PerFedAvgConfig(shuffle=False)
+    with pytest.raises(ConfigError, match="outer_lr"):
+        PerFedAvgConfig(outer_lr=0.0)
+
+
+def test_default_preset_runs_at_smoke_scale(tmp_path, capsys):
+    import json
+
+    out = tmp_path / "o"
+    _load_script().main(["--smoke", "--no-progress", "--out", str(out)])
+    records = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["round"] for r in records] == [0, 1, 2]
+    for r in records:
+        assert 0 <= r["init_acc_pooled"] <= 1 and 0 <= r["pers_acc_mean"] <= 1
+        assert r["init_n_clients"] == r["pers_n_clients"] == 6
+    assert "round_train_seconds" in records[-1] and "eval_seconds" in records[-1]
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["rounds"] == 2 and "pers_acc_pooled" in summary
+    assert (out / "partition.npz").exists() and "published: none" in capsys.readouterr().out
