@@ -105,7 +105,8 @@ PRESETS: tuple[Preset, ...] = (
             eval_every=10,
         ),
         command="python experiments/per_fedavg.py",
-        cost="COST_DEFAULT",
+        cost="about 1 min: 59 s wall measured for 100 rounds on a busy 2-core CPU (0.3 s "
+        "training per round, 0.2 s per evaluation)",
         smoke=dict(num_clients=6, rounds=2, eval_every=1),
     ),
     Preset(
@@ -135,7 +136,9 @@ PRESETS: tuple[Preset, ...] = (
             eval_every=10,
         ),
         command="python experiments/per_fedavg.py --preset kt_per --data-dir MNIST_IDX_DIR",
-        cost="COST_KT_PER",
+        cost="about 1 min: 66 s wall measured for 200 rounds with --dataset mnist_embedded "
+        "standing in for MNIST on a busy 2-core CPU (0.2 s per round; the work per round does "
+        "not depend on the dataset size)",
         smoke=dict(num_clients=12, n_eval=2, clients=2, rounds=2, eval_every=1),
         data="MNIST IDX files (train-/t10k-images/labels) in --data-dir",
     ),
@@ -165,7 +168,9 @@ PRESETS: tuple[Preset, ...] = (
             eval_every=1,
         ),
         command="python experiments/per_fedavg.py --preset pfllib  (--rounds 25: the short check)",
-        cost="COST_PFLLIB",
+        cost="about 140 s training + 15-30 s evaluation per round measured over 3 rounds on a "
+        "busy 2-core CPU (5,234 meta-steps = 10,468 FedAvgCNN gradients of B 10 per round; "
+        "about 123 CPU-seconds per round): 25 rounds ≈ 70 min, 2000 rounds ≈ 4 days",
         smoke=dict(num_clients=5, clients=2, rounds=2),
         data="Fashion-MNIST IDX files (apt-get install dataset-fashion-mnist, or --data-dir)",
         references=(

@@ -254,6 +254,24 @@ def local_copy(tree: PyTree) -> PyTree:
     return jax.tree.map(jnp.asarray, to_host(tree))
 
 
+def main(argv: list[str] | None = None) -> None:
+    """``python -m jaxpfl.distributed SCRIPT [ARGS...]``: :func:`initialize` from the
+    environment, then run SCRIPT as ``__main__`` with ARGS (e.g. an experiment of
+    ``experiments/`` with ``--strategy sharded``), so a script need not call it itself."""
+    import runpy
+    import sys
+
+    argv = sys.argv[1:] if argv is None else argv
+    if not argv or argv[0] in ("-h", "--help"):
+        print(main.__doc__)
+        raise SystemExit(0 if argv else 2)
+    from jaxpfl import distributed  # the package's copy of this module (not __main__'s)
+
+    distributed.initialize()
+    sys.argv = list(argv)
+    runpy.run_path(argv[0], run_name="__main__")
+
+
 __all__ = [
     "barrier",
     "clients_mesh",
@@ -264,6 +282,7 @@ __all__ = [
     "is_main",
     "is_multiprocess",
     "local_copy",
+    "main",
     "process_count",
     "process_index",
     "put",
@@ -272,3 +291,7 @@ __all__ = [
     "shutdown",
     "to_host",
 ]
+
+
+if __name__ == "__main__":
+    main()

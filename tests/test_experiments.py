@@ -154,3 +154,26 @@ def test_partition_file_replays_the_split_exactly(tmp_path):
 
     own = load_dataset(load_script("perfedavg").parse(["--smoke"])[DataConfig])
     assert own.meta["hash"] != saved["hash"]
+
+
+PERSONALIZED_PRESETS = [
+    (script, p.name)
+    for script in ("per_fedavg", "fedala", "fedora")
+    for p in load_script(script).PRESETS
+]
+
+
+@pytest.mark.parametrize("script,preset", PERSONALIZED_PRESETS)
+def test_every_personalized_preset_runs_at_smoke_scale(tmp_path, capsys, script, preset):
+    """Per-FedAvg, FedALA and FEDORA presets at smoke scale on fixture data: a full run of the
+    script's own code path, metrics from round 0 to the last, a summary, comparability lines."""
+    mod = load_script(script)
+    dataset = mod.CLI.preset_values(preset)["dataset"]
+    out = tmp_path / "o"
+    argv = ["--preset", preset, "--smoke", "--no-progress", "--out", str(out)]
+    mod.main([*argv, *fixture_args(dataset, tmp_path)])
+    stdout = capsys.readouterr().out
+    records = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    assert records[0]["round"] == 0 and records[-1]["round"] > 0
+    assert json.loads((out / "summary.json").read_text())["rounds"] == records[-1]["round"]
+    assert "published (" not in stdout  # a smoke run is never a published setting

@@ -1,0 +1,483 @@
+"""Scaling measurements: clients per round on one device, devices (and processes) with the
+sharded strategy. It measures only: no targets, no extrapolation.
+
+    python experiments/bench_scale.py --quick                 # smoke: FedAvg, 5 rows
+    nice -n 5 python experiments/bench_scale.py               # the full sweep (CPU: long)
+    python experiments/bench_scale.py --model cnn             # on a GPU
+
+Two tables, every row measured in its own subprocess (so its peak host RSS is its own):
+
+1. **Clients per round** (20, 100, 500, 1,000): one device, the backend's default strategy
+   (``default_strategy()``: sequential on CPU, vmap elsewhere). Dataset: the Fashion-MNIST
+   pool (or ``--data synthetic``: random images, timings only) split Dir(0.1) over K = M
+   clients with PFLlib's recipe (``federate(raw, 'pfllib_dir', K, alpha=0.1,
+   train_frac=0.75)``; where its 40-example floor cannot be met it is lowered to 4, 1, then
+   0 with empty clients allowed, and the row's ``split`` says so), every client in every
+   round. The work per round is the same pool
+   for every M; what grows is the number of clients it is cut into.
+2. **Devices** (1, 2, 4, 8 fake CPU devices via ``--xla_force_host_platform_device_count``,
+   or the real accelerators), strategy ``sharded``: *strong* scaling keeps the clients per
+   round fixed (``--strong-clients``), *weak* scaling gives each device the same number
+   (``--weak-per-device``). Rows ``2p×d`` run 2 processes of d devices each on localhost
+   (``jaxpfl.distributed``, loopback coordinator, gloo on CPU). Fake CPU devices share the
+   host's cores: this table shows the overhead of sharding there, not a speed-up.
+
+Algorithms: FedAvg and, when ``jaxpfl/algorithms/fedala.py`` imports, FedALA (per-client
+state θ_k, W_k and an all-client ALA stage after every server step).
+
+Columns: "first s" is round 0 (compilation included; FedALA's start phase of ALA runs in
+round 0's stage); "round s" is the mean of the later rounds; "examples/s" is
+Σ n_k · E over the round's clients (local training only, ALA's examples not counted) divided
+by "round s"; "peak RSS" is the subprocess's peak resident host memory (``ru_maxrss``,
+process 0 for 2-process rows); "device peak" is ``memory_stats()['peak_bytes_in_use']`` where
+the backend reports it (not on CPU); "state/client" is the bytes of one client's persistent
+state (0 for FedAvg).
+
+Prints markdown tables and writes ``<out>/bench_scale.json`` and ``<out>/bench_scale.png``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import datetime
+import json
+import os
+import platform
+import resource
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from typing import Any
+
+_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if _ROOT not in sys.path:
+    sys.path.insert(0, _ROOT)
+
+ALGORITHMS = ("fedavg", "fedala")
+
+
+@dataclasses.dataclass(frozen=True)
+class Job:
+    """One measured configuration (run by :func:`measure` in a subprocess)."""
+
+    table: str  # "clients" or "devices"
+    algorithm: str
+    clients: int
+    devices: int = 1
+    processes: int = 1
+    strategy: str = "default"
+    scaling: str = ""  # "strong" / "weak" in the devices table
+    rounds: int = 3
+    model: str = "mlp_2nn"
+    data: str = "fmnist"
+    n_train: int = 0  # 0: the whole pool
+    batch_size: int = 10
+    buckets: int = 6  # Strategy.buckets of the jitted strategies
+    seed: int = 0
+
+
+def fedala_available() -> tuple[bool, str]:
+    """Whether FedALA imports here (it is written in parallel with this benchmark)."""
+    try:
+        from jaxpfl.algorithms.fedala import FedALAConfig, fedala  # noqa: F401
+    except Exception as e:  # noqa: BLE001 — any import failure means: not available
+        return False, f"{type(e).__name__}: {e}"
+    return True, ""
+
+
+# ----------------------------------------------------------------------------------------------
+# The worker (one configuration, in its own process)
+
+
+def _raw(job: Job):
+    import numpy as np
+
+    from jaxpfl.data.dataset import DataError, RawData
+    from jaxpfl.data.sources import load_raw
+
+    if job.data == "fmnist":
+        try:
+            raw = load_raw("fashion_mnist")
+        except DataError:
+            raw = None
+        if raw is not None:
+            if job.n_train:
+                raw = dataclasses.replace(
+                    raw, x_train=raw.x_train[: job.n_train], y_train=raw.y_train[: job.n_train],
+                    x_test=raw.x_test[: job.n_train // 6], y_test=raw.y_test[: job.n_train // 6])
+            return raw, "fashion_mnist"
+    rng = np.random.default_rng(job.seed)
+    n = job.n_train or 60_000
+    m = max(n // 6, 1)
+    xa = rng.integers(0, 256, (n, 28, 28, 1), dtype=np.uint8)
+    xb = rng.integers(0, 256, (m, 28, 28, 1), dtype=np.uint8)
+    ya, yb = rng.integers(0, 10, n).astype(np.int32), rng.integers(0, 10, m).astype(np.int32)
+    return RawData("synthetic", xa, ya, xb, yb, num_classes=10), "synthetic"
+
+
+FLOORS = ((None, "pfllib_dir"), (1, "pfllib_dir, floor 4 (batch_size=1 in the partitioner)"),
+          (0.25, "pfllib_dir, floor 1 (batch_size=0.25 in the partitioner)"),
+          (0, "pfllib_dir, floor 0 (batch_size=0, empty clients allowed)"))
+
+
+def _split(raw, k: int, seed: int):
+    """PFLlib's Dir(0.1) split into k clients; where its floor of 40 training examples per
+    client cannot be met, the floor is lowered (4, 1, then 0 with empty clients allowed) and
+    the returned description says so."""
+    from jaxpfl.data.dataset import DataError
+    from jaxpfl.data.federate import federate
+
+    for bs, what in FLOORS:
+        kw = {} if bs is None else {"batch_size": bs, "allow_empty": bs == 0}
+        try:
+            ds = federate(raw, "pfllib_dir", k, alpha=0.1, train_frac=0.75, seed=seed, **kw)
+        except DataError:
+            if bs == 0:
+                raise
+            continue
+        empty = int((ds.train.sizes == 0).sum())
+        return ds, what + (f": {empty} of {k} clients without training examples" if empty else "")
+    raise AssertionError("unreachable")
+
+
+def _algorithm(name: str, model, batch_size: int):
+    if name == "fedavg":
+        from jaxpfl.algorithms.fedavg import FedAvgConfig, fedavg
+
+        return fedavg(model, FedAvgConfig(local_epochs=1, batch_size=batch_size,
+                                          client_lr=0.005))
+    from jaxpfl.algorithms.fedala import FedALAConfig, fedala
+
+    return fedala(model, FedALAConfig(batch_size=batch_size, client_lr=0.005))
+
+
+def _tree_bytes(tree) -> int:
+    import jax
+
+    return int(sum(a.size * a.dtype.itemsize for a in jax.tree.leaves(tree)))
+
+
+def measure(job: Job) -> dict[str, Any]:
+    """Time ``job.rounds`` rounds of the driver's loop (sampling, phase plan, round inputs,
+    placement, the compiled round, its outputs to the host), without evaluation."""
+    from jaxpfl import distributed
+
+    distributed.initialize(timeout_s=120)  # from the environment; one process: no-op
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+
+    from jaxpfl.core import keys as K
+    from jaxpfl.core.buckets import Splits
+    from jaxpfl.core.engine import Strategy, default_strategy, make_round, place_rows
+    from jaxpfl.core.rounds import phase_plan, round_inputs, stage_groups
+    from jaxpfl.models import count_params, get_model
+    from jaxpfl.run import sample_clients
+
+    tic = time.perf_counter()
+    raw, data_name = _raw(job)
+    ds, split = _split(raw, job.clients, job.seed)
+    setup_s = time.perf_counter() - tic
+    model = get_model(job.model, raw.x_train.shape[1:], raw.num_classes)
+    alg = _algorithm(job.algorithm, model, job.batch_size)
+    strategy = default_strategy() if job.strategy == "default" else Strategy(job.strategy)
+    strategy = dataclasses.replace(strategy, buckets=job.buckets)
+    root = jax.random.key(job.seed)
+    params = model.init(K.derive(root, K.INIT, 0), jnp.zeros((1, *raw.x_train.shape[1:]),
+                                                            jnp.uint8))
+    state = alg.init(K.derive(root, K.INIT, 1), params, ds.num_clients)
+    x, y = jnp.asarray(ds.x), jnp.asarray(ds.y)
+    if strategy.name == "sharded":
+        mesh = strategy.mesh()
+        state = distributed.replicate(state, mesh)
+        x, y = distributed.replicate((x, y), mesh)
+    splits = Splits.of(ds)
+    pool = np.asarray(ds.train_clients, np.int64)
+    m = min(job.clients, len(pool))
+    sel = [sample_clients(root, t, pool, m) for t in range(job.rounds)]
+    plan = phase_plan(splits, sel[:1] if m == len(pool) else sel, strategy)
+    stage = None
+    if alg.client_stage is not None:
+        stage = place_rows(stage_groups(splits, strategy), strategy)
+    rnd = make_round(alg, strategy)
+    sizes = splits.sizes("train")
+    seconds, examples = [], []
+    for t, ids in enumerate(sel):
+        tic = time.perf_counter()
+        host = round_inputs(splits, ids, strategy, plan, stage)
+        inputs = host._replace(groups=place_rows(host.groups, strategy))
+        state, out = rnd(state, x, y, inputs, jnp.int32(t), root)
+        loss = distributed.to_host(out.metrics["train_loss"])[: len(ids)]
+        jax.block_until_ready(state)
+        seconds.append(time.perf_counter() - tic)
+        examples.append(int(np.sum(sizes[ids])))  # E = 1 local epoch
+        if not np.all(np.isfinite(loss)):
+            raise RuntimeError(f"non-finite training loss in round {t}")
+    later = seconds[1:] or seconds
+    round_s = float(np.mean(later))
+    dev = jax.local_devices()[0]
+    stats = dev.memory_stats() if hasattr(dev, "memory_stats") else None
+    per_client = 0
+    if state.clients is not None:
+        per_client = _tree_bytes(state.clients) // ds.num_clients
+    return {
+        **dataclasses.asdict(job),
+        "strategy": strategy.name,
+        "data": data_name,
+        "split": split,
+        "num_clients": ds.num_clients,
+        "train_examples": int(sizes.sum()),
+        "params": int(count_params(params)),
+        "global_devices": jax.device_count(),
+        "backend": jax.default_backend(),
+        "setup_s": setup_s,
+        "round_seconds": seconds,
+        "first_s": seconds[0],
+        "round_s": round_s,
+        "examples_per_round": int(np.mean(examples[1:] or examples)),
+        "examples_per_s": float(np.mean(examples[1:] or examples)) / round_s,
+        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "device_peak_mb": (stats["peak_bytes_in_use"] / 2**20
+                           if stats and "peak_bytes_in_use" in stats else None),
+        "state_bytes_per_client": per_client,
+        "compilations": rnd._cache_size() if hasattr(rnd, "_cache_size") else None,
+    }
+
+
+def _worker_main(job_json: str, out_path: str) -> None:
+    job = Job(**json.loads(job_json))
+    res = measure(job)
+    from jaxpfl import distributed
+
+    if distributed.is_main():
+        with open(out_path, "w") as f:
+            json.dump(res, f)
+    distributed.barrier("bench_scale_done")
+
+
+# ----------------------------------------------------------------------------------------------
+# The launcher
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def launch(job: Job, timeout_s: float) -> dict[str, Any]:
+    """Run ``job`` in ``job.processes`` fresh subprocesses; its result or an error row."""
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("XLA_FLAGS", "JAX_COORDINATOR_ADDRESS", "JAX_NUM_PROCESSES",
+                        "JAX_PROCESS_ID")}
+    if job.devices > 1 or job.processes > 1:
+        env.setdefault("JAX_PLATFORMS", "cpu")  # fake devices are CPU devices
+    if env.get("JAX_PLATFORMS", "") == "cpu" or job.devices > 1:
+        env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={job.devices}"
+    port = _free_port()
+    with tempfile.TemporaryDirectory() as tmp:
+        out = os.path.join(tmp, "result.json")
+        procs = []
+        for i in range(job.processes):
+            penv = dict(env)
+            if job.processes > 1:
+                penv.update(JAX_COORDINATOR_ADDRESS=f"127.0.0.1:{port}",
+                            JAX_NUM_PROCESSES=str(job.processes), JAX_PROCESS_ID=str(i))
+            cmd = [sys.executable, os.path.abspath(__file__), "--worker",
+                   json.dumps(dataclasses.asdict(job)), out]
+            procs.append(subprocess.Popen(cmd, env=penv, stdout=subprocess.PIPE,
+                                          stderr=subprocess.STDOUT, text=True))
+        logs, deadline = [], time.monotonic() + timeout_s
+        for p in procs:
+            try:
+                logs.append(p.communicate(timeout=max(deadline - time.monotonic(), 1))[0])
+            except subprocess.TimeoutExpired:
+                for q in procs:
+                    q.kill()
+                return {**dataclasses.asdict(job), "error": f"timeout after {timeout_s:.0f} s"}
+        if any(p.returncode for p in procs) or not os.path.exists(out):
+            tail = (logs[0] or "")[-600:].strip().splitlines()
+            return {**dataclasses.asdict(job), "error": tail[-1] if tail else "failed"}
+        with open(out) as f:
+            return json.load(f)
+
+
+def _fmt(v, spec: str) -> str:
+    return "—" if v is None else format(v, spec)
+
+
+def _label(r: dict) -> str:
+    return f"{r['processes']}p×{r['devices']}" if r["processes"] > 1 else str(r["devices"])
+
+
+def table(rows: list[dict], kind: str) -> str:
+    first = "clients/round" if kind == "clients" else "devices"
+    head = [first] + (["scaling", "clients/round"] if kind == "devices" else []) + [
+        "algorithm", "strategy", "first s", "round s", "examples/s", "peak RSS MB",
+        "device peak MB", "state/client KB"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in rows:
+        lead = [str(r["clients"])] if kind == "clients" else [_label(r), r["scaling"],
+                                                              str(r["clients"])]
+        if "error" in r:
+            cells = lead + [r["algorithm"], r.get("strategy", ""), "error: " + r["error"]]
+            cells += [""] * (len(head) - len(cells))
+        else:
+            cells = lead + [
+                r["algorithm"], r["strategy"], f"{r['first_s']:.2f}", f"{r['round_s']:.3f}",
+                f"{r['examples_per_s']:,.0f}", f"{r['peak_rss_mb']:,.0f}",
+                _fmt(r["device_peak_mb"], ",.0f"),
+                f"{r['state_bytes_per_client'] / 1024:,.1f}",
+            ]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def plot(rows: list[dict], path: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    ok = [r for r in rows if "error" not in r]
+    for alg in ALGORITHMS:
+        pts = sorted((r["clients"], r["examples_per_s"]) for r in ok
+                     if r["table"] == "clients" and r["algorithm"] == alg)
+        if pts:
+            axes[0].plot(*zip(*pts), marker="o", label=alg)
+        for scaling in ("strong", "weak"):
+            pts = sorted((r["devices"] * r["processes"], r["examples_per_s"]) for r in ok
+                         if r["table"] == "devices" and r["algorithm"] == alg
+                         and scaling in r["scaling"] and r["processes"] == 1)
+            if pts:
+                axes[1].plot(*zip(*pts), marker="o", label=f"{alg} {scaling}")
+        pts = [(r["devices"] * r["processes"], r["examples_per_s"]) for r in ok
+               if r["table"] == "devices" and r["algorithm"] == alg and r["processes"] > 1]
+        if pts:
+            axes[1].scatter(*zip(*pts), marker="s", s=60, label=f"{alg} 2 processes")
+    axes[0].set(xscale="log", xlabel="clients per round (one device)",
+                ylabel="training examples / s", title="clients")
+    axes[1].set(xlabel="devices in all (sharded)", ylabel="training examples / s", title="devices")
+    for ax in axes:
+        ax.grid(alpha=0.3)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def jobs_for(args: argparse.Namespace, algorithms: list[str]) -> list[Job]:
+    base = dict(rounds=args.rounds, model=args.model, data=args.data, n_train=args.n_train,
+                batch_size=args.batch_size, seed=args.seed, buckets=args.buckets)
+    jobs = [Job("clients", a, m, **base) for a in algorithms for m in args.clients
+            if a == algorithms[0] or m <= args.max_clients_personal]
+    seen = set()
+    for a in algorithms if args.device_algorithms == "all" else algorithms[:1]:
+        for d in args.devices:
+            strong, weak = args.strong_clients, args.weak_per_device * d
+            pairs = [("strong+weak", strong)] if strong == weak else [("strong", strong),
+                                                                      ("weak", weak)]
+            pairs = [(s, m) for s, m in pairs if m > 0]  # --weak-per-device 0: no weak rows
+            for scaling, m in pairs:
+                if (a, d, m) in seen:
+                    continue
+                seen.add((a, d, m))
+                jobs.append(Job("devices", a, m, d, 1, "sharded", scaling, **base))
+        for d in args.process_devices:
+            jobs.append(Job("devices", a, args.strong_clients, d, 2, "sharded", "strong",
+                            **base))
+    return jobs
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--quick", action="store_true",
+                   help="smoke settings: FedAvg only, 5 rows (about a minute on 2 CPU cores)")
+    p.add_argument("--quick-personal", action="store_true",
+                   help="with --quick: add FedALA's row at 20 clients")
+    p.add_argument("--model", default="mlp_2nn", help="mlp_2nn (CPU) or cnn (GPU)")
+    p.add_argument("--data", default="fmnist", choices=("fmnist", "synthetic"),
+                   help="fmnist (synthetic when the files are missing) or synthetic")
+    p.add_argument("--n-train", type=int, default=0, help="first N train examples (0: all)")
+    p.add_argument("--clients", type=int, nargs="*", default=[20, 100, 500, 1000],
+                   help="clients per round of the clients table (none: no such rows)")
+    p.add_argument("--devices", type=int, nargs="*", default=[1, 2, 4, 8],
+                   help="device counts of the devices table (none: no such rows)")
+    p.add_argument("--process-devices", type=int, nargs="*", default=[2],
+                   help="devices per process of the 2-process rows (none: no such rows)")
+    p.add_argument("--strong-clients", type=int, default=100)
+    p.add_argument("--weak-per-device", type=int, default=25, help="0: no weak rows")
+    p.add_argument("--algorithms", nargs="+", default=list(ALGORITHMS), choices=ALGORITHMS)
+    p.add_argument("--device-algorithms", default="first", choices=("first", "all"),
+                   help="the devices table for the first algorithm only, or for all")
+    p.add_argument("--rounds", type=int, default=3, help="rounds per row (round 0 compiles)")
+    p.add_argument("--batch-size", type=int, default=10)
+    p.add_argument("--buckets", type=int, default=6,
+                   help="size groups per mapped call of the jitted strategies (6: default)")
+    p.add_argument("--max-clients-personal", type=int, default=10**9,
+                   help="clients-table rows of algorithms after the first only up to this M")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--timeout", type=float, default=1800, help="seconds per row")
+    p.add_argument("--out", default="results/bench_scale")
+    args = p.parse_args(argv)
+    if args.quick:  # smoke settings: one size group (sharded compiles ~6x faster), tiny pool
+        args.data, args.n_train, args.rounds, args.buckets = "synthetic", 8000, 2, 1
+        args.clients, args.devices, args.process_devices = [20, 100], [1, 2], [1]
+        args.strong_clients, args.weak_per_device, args.timeout = 16, 0, 120
+        args.max_clients_personal = 20 if args.quick_personal else 0
+    algorithms = list(args.algorithms)
+    fedala_ok, why = fedala_available()
+    notes = []
+    if "fedala" in algorithms and not fedala_ok:
+        algorithms.remove("fedala")
+        notes.append(f"FedALA not measured: jaxpfl/algorithms/fedala.py does not import ({why})")
+    if args.quick and not args.quick_personal and "fedala" in algorithms:
+        notes.append("--quick measures FedAvg only; --quick-personal adds FedALA at 20 clients")
+    tic = time.perf_counter()
+    rows = []
+    for job in jobs_for(args, algorithms):
+        rows.append(launch(job, args.timeout))
+        r = rows[-1]
+        status = r.get("error") or f"round {r['round_s']:.3f} s"
+        print(f"  {job.table}: {job.algorithm} M={job.clients} {job.processes}p×{job.devices}"
+              f" {job.scaling}: {status}", flush=True)
+    total_s = time.perf_counter() - tic
+    import jax
+
+    env = {
+        "date": datetime.datetime.now().isoformat(timespec="seconds"),
+        "python": platform.python_version(), "jax": jax.__version__,
+        "platform": platform.platform(), "cpus": os.cpu_count(),
+        "backend": jax.default_backend(), "devices": [str(d) for d in jax.devices()],
+    }
+    c_rows = [r for r in rows if r["table"] == "clients"]
+    d_rows = [r for r in rows if r["table"] == "devices"]
+    first = next((r for r in rows if "error" not in r), {})
+    print(f"\n## Clients per round (one device, default strategy)\n\nmodel {args.model}, "
+          f"data {first.get('data', args.data)} ({first.get('train_examples', '?')} training "
+          f"examples), split {first.get('split', '?')}, K = M, batch {args.batch_size}, "
+          f"1 local epoch, {args.rounds} rounds per row\n")
+    print(table(c_rows, "clients"))
+    print("\n## Devices (sharded strategy; fake CPU devices share the host's cores)\n")
+    print(table(d_rows, "devices"))
+    for n in notes:
+        print(f"\nNote: {n}")
+    print(f"\n{len(rows)} rows in {total_s:.0f} s")
+    os.makedirs(args.out, exist_ok=True)
+    with open(os.path.join(args.out, "bench_scale.json"), "w") as f:
+        json.dump({"environment": env, "args": vars(args), "notes": notes, "rows": rows,
+                   "total_seconds": total_s}, f, indent=2)
+    plot(rows, os.path.join(args.out, "bench_scale.png"))
+    print(f"wrote {args.out}/bench_scale.json and bench_scale.png")
+
+
+if __name__ == "__main__":
+    if len(sys.argv) > 1 and sys.argv[1] == "--worker":
+        _worker_main(sys.argv[2], sys.argv[3])
+    else:
+        main()
