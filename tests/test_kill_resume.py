@@ -13,7 +13,7 @@ import jax
 import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
-ROUNDS = 24
+ROUNDS = 14
 ARGS = ["--smoke", "--rounds", str(ROUNDS), "--eval-every", "2", "--checkpoint-every", "1",
         "--no-progress"]
 
