@@ -16,8 +16,10 @@ Two tables, every row measured in its own subprocess (so its peak host RSS is it
    round. The work per round is the same pool
    for every M; what grows is the number of clients it is cut into.
 2. **Devices** (1, 2, 4, 8 fake CPU devices via ``--xla_force_host_platform_device_count``,
-   or the real accelerators), strategy ``sharded``: *strong* scaling keeps the clients per
-   round fixed (``--strong-clients``), *weak* scaling gives each device the same number
+   or the real accelerators), strategy ``sharded``, on one Dir(0.1) split into K clients
+   (``--device-pool-clients``; default the largest M) of which M are sampled per round, so
+   the examples per round grow with M: *strong* scaling keeps M fixed
+   (``--strong-clients``), *weak* scaling gives each device the same number of clients
    (``--weak-per-device``). Rows ``2p×d`` run 2 processes of d devices each on localhost
    (``jaxpfl.distributed``, loopback coordinator, gloo on CPU). Fake CPU devices share the
    host's cores: this table shows the overhead of sharding there, not a speed-up.
@@ -65,7 +67,7 @@ class Job:
 
     table: str  # "clients" or "devices"
     algorithm: str
-    clients: int
+    clients: int  # clients per round M
     devices: int = 1
     processes: int = 1
     strategy: str = "default"
@@ -76,6 +78,7 @@ class Job:
     n_train: int = 0  # 0: the whole pool
     batch_size: int = 10
     buckets: int = 6  # Strategy.buckets of the jitted strategies
+    num_clients: int = 0  # K clients in the split (0: K = M, every client in every round)
     seed: int = 0
 
 
@@ -179,7 +182,7 @@ def measure(job: Job) -> dict[str, Any]:
 
     tic = time.perf_counter()
     raw, data_name = _raw(job)
-    ds, split = _split(raw, job.clients, job.seed)
+    ds, split = _split(raw, job.num_clients or job.clients, job.seed)
     setup_s = time.perf_counter() - tic
     model = get_model(job.model, raw.x_train.shape[1:], raw.num_classes)
     alg = _algorithm(job.algorithm, model, job.batch_size)
@@ -315,13 +318,13 @@ def _label(r: dict) -> str:
 
 def table(rows: list[dict], kind: str) -> str:
     first = "clients/round" if kind == "clients" else "devices"
-    head = [first] + (["scaling", "clients/round"] if kind == "devices" else []) + [
+    head = [first] + (["scaling", "K", "clients/round"] if kind == "devices" else []) + [
         "algorithm", "strategy", "first s", "round s", "examples/s", "peak RSS MB",
         "device peak MB", "state/client KB"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
-        lead = [str(r["clients"])] if kind == "clients" else [_label(r), r["scaling"],
-                                                              str(r["clients"])]
+        lead = [str(r["clients"])] if kind == "clients" else [
+            _label(r), r["scaling"], str(r.get("num_clients") or r["clients"]), str(r["clients"])]
         if "error" in r:
             cells = lead + [r["algorithm"], r.get("strategy", ""), "error: " + r["error"]]
             cells += [""] * (len(head) - len(cells))
@@ -377,6 +380,8 @@ def jobs_for(args: argparse.Namespace, algorithms: list[str]) -> list[Job]:
     jobs = [Job("clients", a, m, **base) for a in algorithms for m in args.clients
             if a == algorithms[0] or m <= args.max_clients_personal]
     seen = set()
+    pool_k = args.device_pool_clients or max(
+        [args.strong_clients] + [args.weak_per_device * d for d in args.devices])
     for a in algorithms if args.device_algorithms == "all" else algorithms[:1]:
         for d in args.devices:
             strong, weak = args.strong_clients, args.weak_per_device * d
@@ -387,10 +392,11 @@ def jobs_for(args: argparse.Namespace, algorithms: list[str]) -> list[Job]:
                 if (a, d, m) in seen:
                     continue
                 seen.add((a, d, m))
-                jobs.append(Job("devices", a, m, d, 1, "sharded", scaling, **base))
+                jobs.append(Job("devices", a, m, d, 1, "sharded", scaling,
+                                num_clients=pool_k, **base))
         for d in args.process_devices:
             jobs.append(Job("devices", a, args.strong_clients, d, 2, "sharded", "strong",
-                            **base))
+                            num_clients=pool_k, **base))
     return jobs
 
 
@@ -412,6 +418,8 @@ def main(argv: list[str] | None = None) -> None:
                    help="devices per process of the 2-process rows (none: no such rows)")
     p.add_argument("--strong-clients", type=int, default=100)
     p.add_argument("--weak-per-device", type=int, default=25, help="0: no weak rows")
+    p.add_argument("--device-pool-clients", type=int, default=0,
+                   help="K of the devices table's split, M sampled per round (0: the largest M)")
     p.add_argument("--algorithms", nargs="+", default=list(ALGORITHMS), choices=ALGORITHMS)
     p.add_argument("--device-algorithms", default="first", choices=("first", "all"),
                    help="the devices table for the first algorithm only, or for all")
@@ -429,6 +437,7 @@ def main(argv: list[str] | None = None) -> None:
         args.data, args.n_train, args.rounds, args.buckets = "synthetic", 8000, 2, 1
         args.clients, args.devices, args.process_devices = [20, 100], [1, 2], [1]
         args.strong_clients, args.weak_per_device, args.timeout = 16, 0, 120
+        args.device_pool_clients = 32
         args.max_clients_personal = 20 if args.quick_personal else 0
     algorithms = list(args.algorithms)
     fedala_ok, why = fedala_available()
