@@ -339,6 +339,15 @@ def table(rows: list[dict], kind: str) -> str:
     return "\n".join(lines)
 
 
+def _splits_note(rows: list[dict]) -> str:
+    """Which split each K got (the floor is lowered where PFLlib's cannot be met)."""
+    seen = {}
+    for r in rows:
+        if "split" in r:
+            seen.setdefault(r["num_clients"], r["split"])
+    return "\nSplits: " + "; ".join(f"K={k}: {v}" for k, v in sorted(seen.items()))
+
+
 def plot(rows: list[dict], path: str) -> None:
     import matplotlib
 
@@ -469,11 +478,13 @@ def main(argv: list[str] | None = None) -> None:
     first = next((r for r in rows if "error" not in r), {})
     print(f"\n## Clients per round (one device, default strategy)\n\nmodel {args.model}, "
           f"data {first.get('data', args.data)} ({first.get('train_examples', '?')} training "
-          f"examples), split {first.get('split', '?')}, K = M, batch {args.batch_size}, "
+          f"examples), Dir(0.1) split into K = M clients, batch {args.batch_size}, "
           f"1 local epoch, {args.rounds} rounds per row\n")
     print(table(c_rows, "clients"))
+    print(_splits_note(c_rows))
     print("\n## Devices (sharded strategy; fake CPU devices share the host's cores)\n")
     print(table(d_rows, "devices"))
+    print(_splits_note(d_rows))
     for n in notes:
         print(f"\nNote: {n}")
     print(f"\n{len(rows)} rows in {total_s:.0f} s")

@@ -198,3 +198,16 @@ def test_put_replicate_to_host_on_one_process():
     np.testing.assert_array_equal(distributed.to_host(a), host)
     np.testing.assert_array_equal(distributed.to_host(r["k"]),
                                   jax.random.key_data(jax.random.key(3)))
+
+
+def test_launcher_runs_a_script_as_main(tmp_path):
+    """``python -m jaxpfl.distributed SCRIPT ARGS`` (one process: initialize is a no-op)."""
+    script = tmp_path / "hello.py"
+    script.write_text("import sys, jax\n"
+                      "if __name__ == '__main__':\n"
+                      "    print(sys.argv[1:], jax.process_count())\n")
+    env = {k: v for k, v in os.environ.items() if k not in _CLUSTER_VARS}
+    proc = subprocess.run([sys.executable, "-m", "jaxpfl.distributed", str(script), "a", "--b"],
+                          capture_output=True, text=True, timeout=120, env=env)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.strip().splitlines()[-1] == "['a', '--b'] 1"
