@@ -15,8 +15,9 @@ Round 0 is w_0 everywhere. With ``--eval-trained`` (on in the presets) it also r
 trained local models of round t (``trained_acc_pooled``), PFLlib's second evaluation per round:
 PFLlib's printed "best accuracy" is the max over both. Each record lists the start-phase /
 weight-learning passes of every client's last ALA call (``ala_passes``) and, with the
-``sequential`` strategy (the CPU default), the round's seconds split into the ALA stage and the
-rest (``seconds_ala_stage``, ``seconds_train``), measured by timing each client's stage call.
+``sequential`` strategy (the CPU default), the round's seconds split by the engine into the ALA
+stage and the rest (``round_stage_seconds``, ``round_clients_seconds``; ``round_seconds`` is the
+whole round, ``eval_seconds`` the evaluation).
 Outputs in ``--out`` (default runs/fedala): metrics.jsonl, summary.json, accuracy.png,
 checkpoints, partition.npz.
 """
@@ -26,10 +27,8 @@ from __future__ import annotations
 import dataclasses
 import os
 import sys
-import time
 from typing import Any
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 
@@ -174,23 +173,6 @@ def parse(argv: list[str] | None = None) -> Parsed:
     return CLI.parse(argv)
 
 
-class StageTimer:
-    """Wall seconds spent in an algorithm's ``client_stage`` (only meaningful on the
-    ``sequential`` strategy, where each client's stage call runs eagerly)."""
-
-    def __init__(self):
-        self.seconds = 0.0
-
-    def wrap(self, fn):
-        def timed(*args):
-            tic = time.perf_counter()
-            out = jax.block_until_ready(fn(*args))
-            self.seconds += time.perf_counter() - tic
-            return out
-
-        return timed
-
-
 def trained_pooled(rec: dict[str, Any]) -> float | None:
     """Pooled test accuracy of the round's trained models (mean correct / mean count over the
     selected clients = Σc / Σm), from the driver's client metrics."""
@@ -217,29 +199,17 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     model = get_model(exp.model, ds.input_shape, ds.num_classes)
     strategy = strategy_from_args(parsed[StrategyArgs])
     alg = fedala(model, cfg)
-    timer = StageTimer()
-    if alg.client_stage is not None and not strategy.jitted:
-        alg = alg._replace(client_stage=timer.wrap(alg.client_stage))
     x, y = jnp.asarray(ds.x), jnp.asarray(ds.y)
     pers_eval = ClientEvaluator(personal_counts(model), x, y, Splits.of(ds), strategy,
                                 stacked=True)
-    clock = {"last": None, "stage": 0.0}
 
     def evaluate(state, t, final):
-        now = time.perf_counter()
         pers = Counts(*pers_eval(alg.personal_params(state), clients))
         rec = summarize(pers, "pers_")
         rec.update(summarize(evaluate_global(model, alg.global_params(state.server), x, y, test),
                              "init_"))
         rec["ala_passes"] = np.asarray(state.clients.passes)[clients].tolist()
         rec["ala_cap_hit"] = int(np.asarray(state.clients.cap_hit)[clients].sum())
-        if clock["last"] is not None:
-            rec["seconds_round"] = now - clock["last"]
-            if alg.client_stage is not None and not strategy.jitted:
-                rec["seconds_ala_stage"] = timer.seconds - clock["stage"]
-                rec["seconds_train"] = rec["seconds_round"] - rec["seconds_ala_stage"]
-        clock["stage"] = timer.seconds
-        clock["last"] = time.perf_counter()
         return rec
 
     text = parsed.config_text(

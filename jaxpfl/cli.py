@@ -678,7 +678,7 @@ class StrategyArgs:
         backend: sequential on CPU, vmap on GPU/TPU)
       chunk_size: clients per chunk (--strategy chunked; lower it when the device runs out of
         memory)
-      step_block: steps per jitted call with --strategy sequential (none: 1 on CPU)
+      step_block: steps per jitted call with --strategy sequential (none: 64 on CPU)
       unroll: scan unroll factor (jitted strategies)
     """
 

@@ -359,7 +359,8 @@ def run(
             out = distributed.to_host(out)
         loss = np.asarray(out.metrics["train_loss"])[: len(ids)] if "train_loss" in out.metrics \
             else np.zeros(len(ids))
-        train_seconds += time.perf_counter() - tic
+        round_s = time.perf_counter() - tic
+        train_seconds += round_s
         bad = ~np.isfinite(loss)
         if bad.any() or not bool(all_finite(alg.check_tree(state))):
             who = np.asarray(out.ids)[: len(ids)][bad].tolist() if bad.any() else "(server update)"
@@ -374,6 +375,9 @@ def run(
         if done % config.eval_every == 0 or done == total:
             last_round.clear()
             last_round.update(_round_means(out, len(ids)))
+            last_round["round_seconds"] = round_s  # the last round's (training, stage included)
+            for part, sec in out.seconds.items():
+                last_round[f"round_{part}_seconds"] = sec
             rec = do_eval(done, done == total)
             bar.set_postfix({k: f"{v:.4f}" for k, v in rec.items() if _is_headline(k, v)})
         boundary = done == total or _phase_at(phases, done)[1] == done

@@ -398,3 +398,79 @@ def test_bad_arguments():
     model = get_model("mlp_2nn")
     with pytest.raises(ValueError, match="expects inputs"):
         model.init(jax.random.key(0), images(1, CIFAR))
+
+
+# ----------------------------------------------------------------------------------------------
+# The CPU convolution formulation (jaxpfl/models/conv.py) against XLA's convolution
+
+
+def _numpy_conv(x: np.ndarray, k: np.ndarray, pads) -> np.ndarray:
+    """Stride-1 NHWC/HWIO convolution as the textbook quadruple sum, in float64."""
+    x = np.pad(x.astype(np.float64), ((0, 0), *pads, (0, 0)))
+    kh, kw, _, cout = k.shape
+    h, w = x.shape[1] - kh + 1, x.shape[2] - kw + 1
+    y = np.zeros((x.shape[0], h, w, cout))
+    for p in range(kh):
+        for q in range(kw):
+            view = x[:, p : p + h, q : q + w, :]
+            y += np.einsum("bhwc,co->bhwo", view, k[p, q].astype(np.float64))
+    return y
+
+
+@pytest.mark.parametrize("padding,pads", [("VALID", [(0, 0), (0, 0)]), ("SAME", [(1, 2), (1, 2)])])
+def test_im2col_conv_equals_the_sum(padding, pads):
+    from jaxpfl.models.conv import conv2d_im2col, conv_general_dilated
+
+    rng = np.random.default_rng(3)
+    x = rng.normal(size=(2, 9, 8, 3)).astype(np.float32)
+    k = rng.normal(size=(4, 4, 3, 5)).astype(np.float32)
+    want = _numpy_conv(x, k, pads)
+    got = conv2d_im2col(jnp.asarray(x), jnp.asarray(k), pads)
+    np.testing.assert_allclose(np.asarray(got), want, rtol=1e-5, atol=1e-5)
+    dims = ("NHWC", "HWIO", "NHWC")
+    xla = jax.lax.conv_general_dilated(x, k, (1, 1), padding, dimension_numbers=dims)
+    np.testing.assert_allclose(np.asarray(xla), want, rtol=1e-5, atol=1e-5)
+    # the drop-in takes Flax's call form
+    got2 = conv_general_dilated(jnp.asarray(x), jnp.asarray(k), (1, 1), padding,
+                                dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    np.testing.assert_allclose(np.asarray(got2), want, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("name", ["cnn", "mcmahan_cnn", "sj_cnn", "lenet"])
+def test_model_outputs_and_gradients_equal_across_conv_formulations(name, monkeypatch):
+    model, params = built(name)
+    x = images(4, model.input_shape)
+
+    def loss(p):
+        return jnp.sum(model.apply(p, x) ** 2)
+
+    results = {}
+    for impl in ("xla", "im2col"):
+        monkeypatch.setenv("JAXPFL_CONV", impl)
+        results[impl] = (np.asarray(model.apply(params, x)), jax.grad(loss)(params))
+    np.testing.assert_allclose(results["im2col"][0], results["xla"][0], rtol=1e-5, atol=1e-5)
+    for a, b in zip(jax.tree.leaves(results["im2col"][1]), jax.tree.leaves(results["xla"][1])):
+        scale = float(jnp.abs(b).max()) + 1e-12
+        assert float(jnp.abs(a - b).max()) / scale < 1e-5
+
+
+def test_max_pool_equals_reduce_window_with_floor():
+    import flax.linen as nn
+
+    from jaxpfl.models.conv import max_pool_2x2
+
+    x = jnp.asarray(np.random.default_rng(0).normal(size=(2, 7, 9, 3)).astype(np.float32))
+    want = nn.max_pool(x, (2, 2), strides=(2, 2), padding="VALID")
+    assert max_pool_2x2(x).shape == (2, 3, 4, 3)
+    np.testing.assert_array_equal(np.asarray(max_pool_2x2(x)), np.asarray(want))
+
+
+def test_conv_impl_default_and_bad_value(monkeypatch):
+    from jaxpfl.errors import ConfigError
+    from jaxpfl.models.conv import conv_impl
+
+    monkeypatch.delenv("JAXPFL_CONV", raising=False)
+    assert conv_impl() == ("im2col" if jax.default_backend() == "cpu" else "xla")
+    monkeypatch.setenv("JAXPFL_CONV", "winograd")
+    with pytest.raises(ConfigError, match="JAXPFL_CONV"):
+        conv_impl()

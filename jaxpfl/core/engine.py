@@ -93,6 +93,7 @@ The jitted strategies group a call's clients by size into at most ``buckets`` gr
 from __future__ import annotations
 
 import dataclasses
+import time
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
@@ -190,10 +191,10 @@ class Strategy:
 
 def default_strategy(backend: str | None = None) -> Strategy:
     """Fastest measured strategy per backend (experiments/bench_engine.py): ``sequential``
-    with one step per dispatch on CPU, ``vmap`` elsewhere."""
+    with 64 steps per dispatch on CPU, ``vmap`` elsewhere."""
     backend = backend or jax.default_backend()
     if backend == "cpu":
-        return Strategy("sequential", exec=ExecOptions(unroll=1, step_block=1))
+        return Strategy("sequential", exec=ExecOptions(unroll=1, step_block=64))
     return Strategy("vmap", exec=ExecOptions(unroll=1, step_block=None))
 
 
@@ -260,12 +261,16 @@ class RoundOutput(NamedTuple):
       metrics: dict of ``[R]`` arrays, rows in sampled order (the M real clients first).
       ids, mask: ``[R]`` client ids and the real-client mask in the same order.
       stage: dict of ``[K]`` arrays (client id order) from ``client_stage``, or ``{}``.
+      seconds: host wall seconds of the round's parts (``clients``: client updates and the
+        server step; ``stage``: the client stage) when the round runs eagerly (``sequential``);
+        ``{}`` for a compiled round (one call: the driver times the whole).
     """
 
     metrics: dict
     ids: jax.Array
     mask: jax.Array
     stage: dict
+    seconds: dict = {}
 
 
 class _PerClient(NamedTuple):
@@ -327,6 +332,8 @@ def make_round(algorithm: Algorithm, strategy: Strategy) -> Callable:
         return stage_fn(server, pc.state, data, pc.key)
 
     def round_fn(state: State, x, y, inputs: RoundInputs, t, root):
+        tic = time.perf_counter()
+        seconds: dict = {}
         shared = (state.server, x, y, t)
         outs = map_groups(
             client_fn, shared, inputs.groups, state.clients,
@@ -342,8 +349,12 @@ def make_round(algorithm: Algorithm, strategy: Strategy) -> Callable:
         ids = jnp.concatenate([jnp.asarray(g.ids) for g in inputs.groups])[perm]
         mask = jnp.concatenate([jnp.asarray(g.mask) for g in inputs.groups])[perm]
         state = server_update(State(state.server, clients), messages, ids, mask)
+        if not strategy.jitted:
+            jax.block_until_ready(state)
+            seconds["clients"] = time.perf_counter() - tic
         stage_metrics: dict = {}
         if stage_fn is not None:
+            tic = time.perf_counter()
             if inputs.stage is None:
                 raise ValueError(f"{algorithm.name} has a client stage: build the round's "
                                  "inputs with stage rows (round_inputs(..., stage=True))")
@@ -357,7 +368,10 @@ def make_round(algorithm: Algorithm, strategy: Strategy) -> Callable:
                 clients = _scatter(clients, g.ids, g.mask, new_c)
                 stage_metrics = _scatter_metrics(stage_metrics, sm, g, k)
             state = State(state.server, clients)
-        return state, RoundOutput(metrics, ids, mask, stage_metrics)
+            if not strategy.jitted:
+                jax.block_until_ready(state)
+                seconds["stage"] = time.perf_counter() - tic
+        return state, RoundOutput(metrics, ids, mask, stage_metrics, seconds)
 
     return jax.jit(round_fn, donate_argnums=(0,)) if strategy.jitted else round_fn
 

@@ -217,15 +217,16 @@ def _traced(step_fn, stop, carry, consts, data, schedule, key, unroll):
     return _finish(lp, lp.s, True)
 
 
-@functools.partial(jax.jit, static_argnames=("step_fn", "stop", "size", "masked"))
-def _block(step_fn: StepFn, stop, lp: _Loop, consts, data, schedule, key, size, masked):
-    """Steps ``lp.s .. lp.s+size-1`` of ``schedule``, unrolled in Python: no loop construct
-    reaches XLA (on CPU a convolution inside a while loop, even a one-trip one, runs several
-    times slower, measured)."""
+@functools.partial(jax.jit, static_argnames=("step_fn", "stop", "masked"))
+def _block(step_fn: StepFn, stop, lp: _Loop, consts, data, schedule, key, end, masked):
+    """Steps ``lp.s .. end-1`` of ``schedule`` (fewer when ``stop`` fires) in one call: a
+    ``while_loop`` with a traced bound, so every block of a client shares one compilation."""
     body = _body(step_fn, stop, consts, data, schedule, key, masked)
-    for _ in range(size):
-        lp = body(lp)
-    return lp
+
+    def more(c: _Loop) -> jax.Array:
+        return (c.s < end) & ~c.stopped
+
+    return jax.lax.while_loop(more, body, lp)
 
 
 def _is_traced(tree: PyTree) -> bool:
@@ -254,8 +255,9 @@ def local_steps(
 
     Execution (never the result) depends on the context: inside ``jit``/``vmap`` the loop is a
     ``lax.scan`` (``lax.while_loop`` with ``stop``); called eagerly (the ``sequential``
-    strategy) it dispatches jitted Python-unrolled blocks of ``data.exec.step_block`` steps,
-    skips blocks without an active step, and checks ``stop`` on the host after each block.
+    strategy) it dispatches jitted blocks of ``data.exec.step_block`` steps (one compiled
+    while loop each), skips blocks without an active step, and checks ``stop`` on the host
+    after each block.
     ``step_fn`` and ``stop`` must be stable functions (created once, not per call) that take
     every array they need through ``carry``/``consts``, so the eager path can cache them.
     """
@@ -276,7 +278,8 @@ def local_steps(
             continue
         lp = lp._replace(s=jnp.asarray(start, jnp.int32))
         masked = stop is not None or not bool(active[start : start + size].all())
-        lp = _block(step_fn, stop, lp, consts, data, sched, key, size, masked)
+        end = jnp.asarray(start + size, jnp.int32)
+        lp = _block(step_fn, stop, lp, consts, data, sched, key, end, masked)
         ran += size
         if stop is not None and bool(lp.stopped):  # the host check, once per block
             break

@@ -24,6 +24,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from jaxpfl.models.conv import conv_general_dilated, max_pool_2x2
+
 Normalize = tuple[tuple[float, ...], tuple[float, ...]]
 
 RAW: Normalize = ((0.0,), (1.0,))
@@ -41,12 +43,14 @@ def _dense(x: jax.Array, features: int, name: str) -> jax.Array:
 
 
 def _conv(x: jax.Array, features: int, size: int, padding: str, name: str) -> jax.Array:
-    return nn.Conv(features, (size, size), padding=padding, name=name)(x)
+    conv = nn.Conv(features, (size, size), padding=padding, name=name,
+                   conv_general_dilated=conv_general_dilated)
+    return conv(x)
 
 
 def _pool(x: jax.Array) -> jax.Array:
     """2×2 max pool, stride 2, floor (PyTorch ``MaxPool2d(2)``)."""
-    return nn.max_pool(x, (2, 2), strides=(2, 2), padding="VALID")
+    return max_pool_2x2(x)
 
 
 def _flatten(x: jax.Array) -> jax.Array:
