@@ -42,10 +42,8 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import datetime
 import json
 import os
-import platform
 import resource
 import socket
 import subprocess
@@ -465,14 +463,9 @@ def main(argv: list[str] | None = None) -> None:
         print(f"  {job.table}: {job.algorithm} M={job.clients} {job.processes}p×{job.devices}"
               f" {job.scaling}: {status}", flush=True)
     total_s = time.perf_counter() - tic
-    import jax
+    from jaxpfl.machine import machine
 
-    env = {
-        "date": datetime.datetime.now().isoformat(timespec="seconds"),
-        "python": platform.python_version(), "jax": jax.__version__,
-        "platform": platform.platform(), "cpus": os.cpu_count(),
-        "backend": jax.default_backend(), "devices": [str(d) for d in jax.devices()],
-    }
+    env = machine()
     c_rows = [r for r in rows if r["table"] == "clients"]
     d_rows = [r for r in rows if r["table"] == "devices"]
     first = next((r for r in rows if "error" not in r), {})

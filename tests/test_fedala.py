@@ -449,3 +449,36 @@ def test_ala_on_selected_only():
     assert (c1.passes[[1, 3]] > 0).all() and (c1.passes[[0, 2]] == 0).all()
     for p in c0.theta:  # clients 0 and 2 keep what they trained in round 0
         np.testing.assert_array_equal(c1.theta[p][[0, 2]], c0.theta[p][[0, 2]])
+
+
+# ---- the ALA passes on cached features (FedAvgCNN: the conv body is w's in every pass) -----
+
+
+@pytest.mark.parametrize("start", [True, False], ids=["start-phase", "one-pass"])
+@pytest.mark.parametrize("traced", [False, True], ids=["eager", "jit"])
+def test_cached_features_equal_the_full_model(start, traced, monkeypatch):
+    import sys
+
+    fedala_module = sys.modules[ala.__module__]  # the package exports a function of that name
+
+    model = get_model("cnn", (28, 28, 1), 10)
+    rng = np.random.default_rng(0)
+    x = jnp.asarray(rng.integers(0, 256, (50, 28, 28, 1)).astype(np.uint8))
+    y = jnp.asarray(rng.integers(0, 10, 50).astype(np.int32))
+    w = model.init(jax.random.key(0), x[:1])
+    theta = _perturbed(w, scale=0.05)
+    paths = top_paths(model, 2)
+    ones = tuple(jnp.ones_like(leaf_at(w, p)) for p in paths)
+    data = ClientData(jnp.arange(37, dtype=jnp.int32), jnp.int32(37), x, y)
+    cfg = FedALAConfig(eta=1.0, batch_size=5, max_start_passes=12, threshold=1e-4)
+    outs = {}
+    for cache in (False, True):
+        monkeypatch.setattr(fedala_module, "CACHE_FEATURES", cache)
+        fn = functools.partial(ala, model, cfg)
+        fn = jax.jit(fn) if traced or not cache else fn  # the full model jitted: the reference
+        outs[cache] = fn(w, theta, ones, start, data, jax.random.key(2))
+    (full, wf, sf), (cached, wc, sc) = outs[False], outs[True]
+    assert int(sf.passes) == int(sc.passes) == (12 if start else 1)
+    np.testing.assert_allclose(float(sc.loss), float(sf.loss), rtol=1e-5)
+    for a, b in zip(jax.tree.leaves((cached, wc)), jax.tree.leaves((full, wf))):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-5)

@@ -263,6 +263,46 @@ def _ala_loop(model, eta: float, paths: tuple[Path, ...], m: int, threshold: flo
     return step, stop
 
 
+# The ALA passes on cached features (exact: the layers below the top set are w's in every
+# pass, and deterministic without dropout); tests switch it off to compare with the full model.
+CACHE_FEATURES = True
+_FEATURE_CHUNK = 256
+
+
+@dataclasses.dataclass(frozen=True)
+class _Head:
+    """The model from ``layer`` on, as a model: ``apply(params, h)`` on that layer's input."""
+
+    model: Any
+    layer: str
+
+    def apply(self, params, h, train: bool = False, key=None):
+        return self.model.head(params, h, self.layer, train, key)
+
+
+@functools.partial(jax.jit, static_argnums=(0, 1))
+def _features(model, layer: str, w, x, chunks):
+    """``features`` of w at ``layer`` for the pool rows ``chunks [c, 256]`` (jitted at module
+    level: an eager ``lax.map`` over a fresh lambda would compile on every call)."""
+    return jax.lax.map(lambda c: model.features(w, x[c], layer), chunks)
+
+
+def _feature_rows(model, layer: str, w, data: ClientData, sched: Schedule):
+    """The ALA sample as features: row slot j holds the input of ``layer`` under w for sample
+    slot j (computed in chunks of 256), and the schedule reads slots 0..nb·B−1 in order."""
+    pos = sched.positions[0]  # [nb, B], the same in every pass
+    ids = data.idx[pos.reshape(-1)]
+    total = ids.shape[0]
+    padded = -(-total // _FEATURE_CHUNK) * _FEATURE_CHUNK
+    chunks = jnp.pad(ids, (0, padded - total)).reshape(-1, _FEATURE_CHUNK)
+    feats = _features(model, layer, w, data.x, chunks)
+    feats = feats.reshape((padded,) + feats.shape[2:])[:total]
+    slots = jnp.arange(total, dtype=jnp.int32)
+    rows = data.replace(idx=slots, n=jnp.asarray(total, jnp.int32), x=feats, y=data.y[ids])
+    local = jnp.broadcast_to(slots.reshape(pos.shape), sched.positions.shape)
+    return rows, Schedule(local, sched.valid, sched.active, sched.step_ids)
+
+
 def ala(model, config: FedALAConfig, w: PyTree, theta: PyTree, weights: tuple, start,
         data: ClientData, key: jax.Array) -> tuple[PyTree, tuple, AlaStats]:
     """One client's adaptive local aggregation (docs/algorithms.md §5.2) → (θ̂, W, stats).
@@ -279,7 +319,14 @@ def ala(model, config: FedALAConfig, w: PyTree, theta: PyTree, weights: tuple, s
                                  config.batch_size, config.max_start_passes)
     theta_top = tuple(leaf_at(theta, p) for p in paths)
     consts = _Consts(w, theta_top, jnp.asarray(start, bool), n_s > 0)
-    step, stop = _ala_loop(model, float(config.eta), paths, config.num_pre_loss,
+    learner = model
+    cacheable = getattr(model, "features", None) is not None and len(paths[0]) >= 3
+    if CACHE_FEATURES and cacheable and not model.uses_dropout:
+        # Every tensor below the top set is w's, the same in every pass: the sample's features
+        # at the first top layer are computed once, and the passes run the head alone on them.
+        learner = _Head(model, paths[0][1])
+        data, sched = _feature_rows(model, learner.layer, w, data, sched)
+    step, stop = _ala_loop(learner, float(config.eta), paths, config.num_pre_loss,
                            float(config.threshold))
     weights, st = local_steps(step, tuple(weights), consts, data, sched,
                               jax.random.fold_in(key, 1), stop=stop)

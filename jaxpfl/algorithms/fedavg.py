@@ -18,6 +18,7 @@ from jaxpfl.algorithms.server_optimizers import SERVER_OPTIMIZERS, server_optimi
 from jaxpfl.core import (
     Algorithm,
     ClientData,
+    Schedule,
     State,
     client_sgd,
     epoch_schedule,
@@ -116,6 +117,21 @@ class Message(NamedTuple):
     n: jax.Array
 
 
+def client_schedule(config: FedAvgConfig, key: jax.Array, n, width: int) -> Schedule:
+    """Client k's batches in a round: E epochs (or ``local_steps`` stream steps) of its n
+    examples, ordered by ``fold_in(key, 0)`` with ``key = derive(root, DATA, t, k)``.
+
+    The one definition of FedAvg's batch order: ``client_update`` uses it, and so do the
+    benchmark's naive and PyTorch loops, which therefore train on the same batches.
+    """
+    order_key = jax.random.fold_in(key, 0)
+    if config.local_steps is None:
+        return epoch_schedule(order_key, n, width, config.batch_size, config.local_epochs,
+                              drop_last=config.drop_last, shuffle=config.shuffle)
+    return stream_schedule(order_key, n, width, config.batch_size, config.local_steps,
+                           shuffle=config.shuffle)
+
+
 def fedavg(model, config: FedAvgConfig = FedAvgConfig()) -> Algorithm:
     r"""FedAvg with an optax server optimizer (FedOpt).
 
@@ -145,26 +161,7 @@ def fedavg(model, config: FedAvgConfig = FedAvgConfig()) -> Algorithm:
 
     def client_update(server: ServerState, client_state, data: ClientData, key: jax.Array):
         """One client: θ_k from w over its own schedule; message (Δ_k, n_k)."""
-        order_key = jax.random.fold_in(key, 0)
-        if config.local_steps is None:
-            schedule = epoch_schedule(
-                order_key,
-                data.n,
-                data.width,
-                config.batch_size,
-                config.local_epochs,
-                drop_last=config.drop_last,
-                shuffle=config.shuffle,
-            )
-        else:
-            schedule = stream_schedule(
-                order_key,
-                data.n,
-                data.width,
-                config.batch_size,
-                config.local_steps,
-                shuffle=config.shuffle,
-            )
+        schedule = client_schedule(config, key, data.n, data.width)
         theta, stats = local_train(
             model, client_tx, server.params, data, schedule, jax.random.fold_in(key, 1)
         )

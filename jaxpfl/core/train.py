@@ -217,18 +217,6 @@ def _traced(step_fn, stop, carry, consts, data, schedule, key, unroll):
     return _finish(lp, lp.s, True)
 
 
-@functools.partial(jax.jit, static_argnames=("step_fn", "stop", "masked"))
-def _block(step_fn: StepFn, stop, lp: _Loop, consts, data, schedule, key, end, masked):
-    """Steps ``lp.s .. end-1`` of ``schedule`` (fewer when ``stop`` fires) in one call: a
-    ``while_loop`` with a traced bound, so every block of a client shares one compilation."""
-    body = _body(step_fn, stop, consts, data, schedule, key, masked)
-
-    def more(c: _Loop) -> jax.Array:
-        return (c.s < end) & ~c.stopped
-
-    return jax.lax.while_loop(more, body, lp)
-
-
 def _is_traced(tree: PyTree) -> bool:
     return any(isinstance(leaf, jax.core.Tracer) for leaf in jax.tree.leaves(tree))
 
@@ -255,9 +243,9 @@ def local_steps(
 
     Execution (never the result) depends on the context: inside ``jit``/``vmap`` the loop is a
     ``lax.scan`` (``lax.while_loop`` with ``stop``); called eagerly (the ``sequential``
-    strategy) it dispatches jitted blocks of ``data.exec.step_block`` steps (one compiled
-    while loop each), skips blocks without an active step, and checks ``stop`` on the host
-    after each block.
+    strategy) it runs only the active steps, in jitted blocks of ``data.exec.step_block``
+    steps (one compiled while loop for all blocks), and checks ``stop`` on the host after each
+    block.
     ``step_fn`` and ``stop`` must be stable functions (created once, not per call) that take
     every array they need through ``carry``/``consts``, so the eager path can cache them.
     """
@@ -265,25 +253,66 @@ def local_steps(
     block = data.exec.step_block
     if block is None or _is_traced((carry, consts, data, schedule, key)):
         return _traced(step_fn, stop, carry, consts, data, schedule, key, data.exec.unroll)
-    # Eager path: jitted blocks of `block` steps, all-masked blocks skipped (they are no-ops).
+    # Eager path: the ACTIVE steps only (a step without a valid example is a no-op), in
+    # jitted blocks of `block` steps. Each block gets its steps' rows of the schedule (padded
+    # to `block`) and the pool indices of their examples, so one compilation serves every
+    # block of every client, whatever its size.
     active = schedule.active
     if active is None:
         active = np.asarray(jnp.any(schedule.valid.reshape(num, -1), axis=-1))
-    sched = Schedule(schedule.positions, schedule.valid, None, schedule.ids())
+    steps = np.flatnonzero(np.asarray(active))
+    ids = schedule.ids()
     lp = _start(carry, num, stop is not None)
     ran = 0
-    for start in range(0, num, block):
-        size = min(block, num - start)
-        if not active[start : start + size].any():
-            continue
-        lp = lp._replace(s=jnp.asarray(start, jnp.int32))
-        masked = stop is not None or not bool(active[start : start + size].all())
-        end = jnp.asarray(start + size, jnp.int32)
-        lp = _block(step_fn, stop, lp, consts, data, sched, key, end, masked)
-        ran += size
+    for start in range(0, len(steps), block):
+        chosen = steps[start : start + block]
+        rows = _block_rows(data.idx, schedule.positions, schedule.valid, ids, chosen, block)
+        lp = _block(step_fn, stop, lp, consts, data.x, data.y, rows, key,
+                    jnp.asarray(len(chosen), jnp.int32), stop is not None)
+        ran += len(chosen)
         if stop is not None and bool(lp.stopped):  # the host check, once per block
             break
     return _finish(lp, ran, stop is not None)
+
+
+class _BlockRows(NamedTuple):
+    """One eager block: pool indices ``idx [block·…]`` of its steps' slots (``positions`` of
+    the block-local schedule index into it), their validity and the steps' own ids."""
+
+    idx: jax.Array
+    valid: jax.Array
+    step_ids: jax.Array
+
+
+def _block_rows(idx, positions, valid, ids, chosen: np.ndarray, block: int) -> _BlockRows:
+    """The rows of schedule steps ``chosen`` (padded with its last step to ``block``: the
+    padding is never run)."""
+    sel = jnp.asarray(np.pad(chosen, (0, block - len(chosen)), mode="edge"), jnp.int32)
+    pos = positions[sel]
+    return _BlockRows(idx[pos].reshape(-1), valid[sel], ids[sel])
+
+
+class _Pool(NamedTuple):
+    """What ``gather_batch`` reads: an index row into the pool ``x, y``."""
+
+    idx: jax.Array
+    x: jax.Array
+    y: jax.Array
+
+
+@functools.partial(jax.jit, static_argnames=("step_fn", "stop", "masked"))
+def _block(step_fn: StepFn, stop, lp: _Loop, consts, x, y, rows: _BlockRows, key, size,
+           masked):
+    """Steps 0..size−1 of one block (fewer when ``stop`` fires): a ``while_loop`` with a
+    traced bound over fixed-shape rows (one compilation for all blocks and clients)."""
+    shape = rows.valid.shape
+    local = Schedule(jnp.arange(rows.idx.shape[0], dtype=jnp.int32).reshape(shape), rows.valid,
+                     None, rows.step_ids)
+    body = _body(step_fn, stop, consts, _Pool(rows.idx, x, y), local, key, masked)
+    s0 = lp.s
+    lp = jax.lax.while_loop(lambda c: (c.s < size) & ~c.stopped, body,
+                            lp._replace(s=jnp.zeros((), jnp.int32)))
+    return lp._replace(s=s0 + lp.s)
 
 
 def masked_cross_entropy(

@@ -25,6 +25,13 @@ class Model:
       param_order: parameter tensor paths in forward order, kernel before bias
         (docs/algorithms.md §1.2).
       num_classes: C.
+      uses_dropout: whether ``apply(..., train=True)`` is stochastic.
+      features: ``features(params, x, layer) -> h``, the input of layer ``layer`` (a name in
+        ``param_order``) for the uint8 batch ``x``, computed deterministically (``train=False``).
+      head: ``head(params, h, layer, train=False, key=None) -> logits``, the model from layer
+        ``layer`` on, fed ``h`` instead of what the layers below would compute. With
+        ``h = features(params, x, layer)`` it equals ``apply(params, x)``; the layers below
+        are not evaluated (their output is unused: XLA removes them under ``jit``).
     """
 
     name: str
@@ -33,6 +40,9 @@ class Model:
     param_order: tuple[tuple[str, ...], ...]
     num_classes: int
     input_shape: tuple[int, ...]
+    uses_dropout: bool = False
+    features: Callable[..., jax.Array] | None = None
+    head: Callable[..., jax.Array] | None = None
 
 
 def count_params(params: Params) -> int:

@@ -197,6 +197,41 @@ def _build(
             return forward_train(params, x, key)
         return forward(params, x)
 
+    layers = tuple(cls.LAYERS)
+
+    def _layer(layer: str) -> str:
+        if layer not in layers:
+            raise ConfigError(f"model {name!r} has no layer {layer!r}; layers: {layers}")
+        return layer
+
+    def features_fn(params: Params, x: jax.Array, layer: str) -> jax.Array:
+        """The input of ``layer`` for batch ``x`` (train=False), captured on its way in."""
+        layer, seen = _layer(layer), []
+
+        def capture(next_fun, args, kwargs, context):
+            if context.module.name == layer and context.method_name == "__call__" and not seen:
+                seen.append(args[0])
+            return next_fun(*args, **kwargs)
+
+        _check_input(name, input_shape, x)
+        with nn.intercept_methods(capture):
+            forward(params, x)
+        return seen[0]
+
+    def head_fn(params: Params, h: jax.Array, layer: str, train: bool = False,
+                key: jax.Array | None = None) -> jax.Array:
+        """Logits of the model from ``layer`` on, with ``h`` as that layer's input."""
+        layer = _layer(layer)
+
+        def substitute(next_fun, args, kwargs, context):
+            if context.module.name == layer and context.method_name == "__call__":
+                return next_fun(h, *args[1:], **kwargs)
+            return next_fun(*args, **kwargs)
+
+        dummy = jnp.zeros((h.shape[0], *input_shape), jnp.uint8)  # feeds the unused layers
+        with nn.intercept_methods(substitute):
+            return apply_fn(params, dummy, train, key)
+
     return Model(
         name=name,
         init=init_fn,
@@ -204,6 +239,9 @@ def _build(
         param_order=param_order,
         num_classes=num_classes,
         input_shape=input_shape,
+        uses_dropout=uses_dropout,
+        features=features_fn,
+        head=head_fn,
     )
 
 

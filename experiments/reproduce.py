@@ -1,0 +1,844 @@
+"""Run every preset of every experiment script at a chosen scale; record and report the results.
+
+    python experiments/reproduce.py --list                                # what can run, and how
+    python experiments/reproduce.py run fedavg:pfllib --scale cpu         # 3 seeds, ~30 min each
+    python experiments/reproduce.py run fedala:pfllib --scale full --seeds 0
+    python experiments/reproduce.py run fedavg:pfllib -- --data-dir DIR   # flags for the script
+    python experiments/reproduce.py report                                # docs/results.md
+
+A preset is named ``SCRIPT:PRESET`` (``fedala:pfllib``); the scripts are every
+``experiments/*.py`` with a module-level :class:`~jaxpfl.cli.ExperimentCli` that has presets.
+Scales: ``smoke`` (the preset's ``--smoke``: seconds, the numbers mean nothing; 1 seed),
+``cpu`` (the preset with the overrides of :data:`CPU_SCALE`: under about 30 minutes per seed
+on a 2-core CPU; 3 seeds), ``full`` (the preset unchanged; 3 seeds).
+
+``run`` starts the script once per seed (``sys.executable``, from the repository root) into
+``RUNS/<script>_<preset>/<scale>/seed<S>`` and writes ``RESULTS/<script>_<preset>_<scale>.json``
+and ``.png`` (the headline metric per round, one line per seed). ``report`` rebuilds
+docs/results.md from every JSON in the results folder.
+
+The headline metric is the last column of the preset's first :class:`~jaxpfl.cli.Reference`
+(:data:`REFERENCE_COLUMNS` says which summary.json entry and statistic each column is, as the
+script's own ``main`` computes it); a preset without a reference uses ``pers_acc_pooled``
+best (else ``acc_pooled``, else the first accuracy in summary.json). Whether a run is in a
+reference's setting is the script's own decision: the lines its ``reference_lines`` printed.
+"""
+
+from __future__ import annotations
+
+import datetime
+import importlib.util
+import json
+import os
+import re
+import shlex
+import subprocess
+import sys
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from types import ModuleType
+from typing import Any, NamedTuple
+
+REPO = Path(__file__).resolve().parents[1]
+EXPERIMENTS = REPO / "experiments"
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+from jaxpfl.cli import (  # noqa: E402
+    CliParser,
+    ExperimentCli,
+    Preset,
+    Reference,
+    format_value,
+    main_guard,
+)
+from jaxpfl.errors import ConfigError, RunError  # noqa: E402
+
+SCHEMA = "jaxpfl-reproduce/1"
+SCALES = ("smoke", "cpu", "full")
+DEFAULT_SEEDS: dict[str, tuple[int, ...]] = {"smoke": (0,), "cpu": (0, 1, 2), "full": (0, 1, 2)}
+DEFAULT_RESULTS = REPO / "docs" / "results"
+DEFAULT_RUNS = REPO / "runs" / "reproduce"
+DEFAULT_REPORT = REPO / "docs" / "results.md"
+#: A comparable gap larger than this (percentage points) needs an entry in EXPLANATIONS.
+EXPLAIN_ABOVE = 1.0
+
+
+class CpuScale(NamedTuple):
+    """The overrides that make a preset fit under about 30 minutes per seed on a 2-core CPU,
+    and why they are what they are."""
+
+    overrides: Mapping[str, Any]
+    why: str
+
+
+#: ``script:preset`` -> the cpu scale. Costs are the presets' own measured ``cost`` texts.
+CPU_SCALE: dict[str, CpuScale] = {
+    "fedala:pfllib": CpuScale(
+        dict(rounds=12),
+        "round 1 ≈ 320 s (the ALA start phase), later rounds ≈ 110-150 s with evaluation: 12 "
+        "rounds ≈ 29 min (the 25-round PFLlib reference needs ≈ 1 h)",
+    ),
+    "fedala:paper": CpuScale(
+        dict(rounds=10),
+        "as pfllib per round, but threshold 0.01 makes the first start phase longer: 10 rounds",
+    ),
+    "fedavg:default": CpuScale({}, "the preset itself fits: 50 rounds ≈ 8 min"),
+    "fedavg:pfllib": CpuScale(
+        dict(rounds=25),
+        "≈ 70 s per round: 25 rounds ≈ 30 min, the setting of the 25-round PFLlib reference",
+    ),
+    "fedora:default": CpuScale({}, "the preset itself fits: 100 rounds ≈ 2 min"),
+    "fedora:rotated_fmnist": CpuScale({}, "the preset itself fits: 500 rounds ≈ 8-12 min"),
+    "fedora:fedora_rotmnist": CpuScale({}, "the preset itself fits: as rotated_fmnist"),
+    "fedora:fmnist_dir": CpuScale({}, "the preset itself fits: 50 rounds ≈ 8-10 min"),
+    "per_fedavg:default": CpuScale({}, "the preset itself fits: 100 rounds ≈ 1 min"),
+    "per_fedavg:kt_per": CpuScale({}, "the preset itself fits: 200 rounds ≈ 1 min"),
+    "per_fedavg:pfllib": CpuScale(
+        dict(rounds=10),
+        "≈ 140 s training + 15-30 s evaluation per round: 10 rounds ≈ 28 min (the 25-round "
+        "reference needs ≈ 70 min)",
+    ),
+    "perfedavg:default": CpuScale({}, "the preset itself fits: 2.5 min"),
+    "perfedavg:jiang_emnist": CpuScale(
+        dict(rounds=25, reptile_rounds=0),
+        "≈ 40 s per FedAvg round at E 10, M 20 (the preset's estimate): 25 rounds ≈ 17 min plus "
+        "the final evaluation of all 900 held-out writers; no Reptile, as Table 1 (which needs "
+        ">= 310 rounds, so not comparable)",
+    ),
+    "perfedavg:kt_pfa_femnist": CpuScale(
+        dict(rounds=25, reptile_rounds=5),
+        "as jiang_emnist per FedAvg round, plus 5 kt_pfa rounds of 10 client Adam epochs: "
+        "≈ 25 min (KT-PFA ran 500 + 100 rounds: not comparable)",
+    ),
+}
+
+#: script -> reference column -> (summary.json metric, statistic): the ``ours`` dict each
+#: script's ``main`` passes to ``reference_lines`` (cli.Reference names a column only).
+REFERENCE_COLUMNS: dict[str, dict[str, tuple[str, str]]] = {
+    "fedala": {"best acc_pooled (%)": ("pers_acc_pooled", "best")},
+    "fedavg": {"best acc_pooled (%)": ("acc_pooled", "best")},
+    "per_fedavg": {
+        "best pers acc_pooled (%)": ("pers_acc_pooled", "best"),
+        "pers acc_pooled at round 25 (%)": ("pers_acc_pooled", "final"),
+    },
+    "perfedavg": {
+        "initial acc (%)": ("init_acc_mean", "final"),
+        "personalized acc (%)": ("pers_acc_mean", "final"),
+    },
+}
+
+#: ``script:preset:scale`` -> why our mean differs from a comparable published number by more
+#: than EXPLAIN_ABOVE points. Entries only for results recorded in docs/results/.
+EXPLANATIONS: dict[str, str] = {}
+
+
+# ----------------------------------------------------------------------------- discovery
+
+
+class Target(NamedTuple):
+    script: str
+    cli: ExperimentCli
+    preset: Preset
+
+    @property
+    def name(self) -> str:
+        return f"{self.script}:{self.preset.name}"
+
+
+def load_script(path: Path) -> ModuleType:
+    """``experiments/<name>.py`` as a module (registered, so its dataclasses resolve)."""
+    modname = f"_experiment_{path.stem}"
+    if modname not in sys.modules:
+        spec = importlib.util.spec_from_file_location(modname, path)
+        if spec is None or spec.loader is None:
+            raise RunError(f"cannot load {path}")
+        mod = importlib.util.module_from_spec(spec)
+        sys.modules[modname] = mod
+        spec.loader.exec_module(mod)
+    return sys.modules[modname]
+
+
+def scripts() -> dict[str, ExperimentCli]:
+    """Every experiment script with presets: ``{name: its module-level ExperimentCli}``."""
+    out: dict[str, ExperimentCli] = {}
+    for path in sorted(EXPERIMENTS.glob("*.py")):
+        if path.resolve() == Path(__file__).resolve():
+            continue
+        if not re.search(r"^\w+\s*=\s*ExperimentCli\(", path.read_text(), re.M):
+            continue
+        mod = load_script(path)
+        clis = [v for v in vars(mod).values() if isinstance(v, ExperimentCli) and v.presets]
+        if clis:
+            out[path.stem] = clis[0]
+    return out
+
+
+def targets() -> list[Target]:
+    """Every ``script:preset``, scripts by name, presets in their script's order."""
+    return [Target(s, cli, p) for s, cli in scripts().items() for p in cli.presets.values()]
+
+
+def find_target(name: str) -> Target:
+    found = {t.name: t for t in targets()}
+    if name not in found:
+        hint = "" if ":" in name else " (write SCRIPT:PRESET)"
+        raise ConfigError(
+            f"unknown preset {name!r}{hint}; choose one of: {', '.join(found)} (see --list)"
+        )
+    return found[name]
+
+
+def parse_seeds(text: str) -> tuple[int, ...]:
+    try:
+        seeds = tuple(int(s) for s in text.split(","))
+    except ValueError:
+        seeds = ()
+    if not seeds or min(seeds) < 0 or len(set(seeds)) != len(seeds):
+        raise ConfigError(f"--seeds must be distinct integers >= 0 like 0,1,2, got {text!r}")
+    return seeds
+
+
+# ------------------------------------------------------------------------------ commands
+
+
+def override_flags(cli: ExperimentCli, overrides: Mapping[str, Any]) -> list[str]:
+    """Field overrides as the script's flags."""
+    out: list[str] = []
+    for name, v in overrides.items():
+        if name not in cli.specs:
+            raise TypeError(f"{cli.prog}: no flag for field {name!r}")
+        spec = cli.specs[name]
+        if spec.kind is bool and not spec.many and v is not None:
+            out.append(spec.flag if v else "--no-" + spec.flag[2:])
+        elif spec.many and v is not None:
+            out += [spec.flag, *(format_value(a) for a in v)]
+        else:
+            out += [spec.flag, format_value(v)]
+    return out
+
+
+def scale_overrides(t: Target, scale: str) -> dict[str, Any]:
+    if scale == "smoke":
+        return dict(t.preset.smoke)
+    if scale == "cpu":
+        return dict(cpu_scale(t).overrides)
+    return {}
+
+
+def cpu_scale(t: Target) -> CpuScale:
+    if t.name not in CPU_SCALE:
+        raise TypeError(f"CPU_SCALE has no entry for {t.name}: add one (reproduce.py)")
+    return CPU_SCALE[t.name]
+
+
+def script_args(t: Target, scale: str) -> list[str]:
+    """The script's flags for ``scale``, before seed, output and extra flags."""
+    args = ["--preset", t.preset.name]
+    if scale == "smoke":
+        args.append("--smoke")
+    elif scale == "cpu":
+        args += override_flags(t.cli, cpu_scale(t).overrides)
+    return args
+
+
+def shown_path(path: Path) -> str:
+    """``path`` relative to the repository when inside it (commands run from there)."""
+    try:
+        return str(path.resolve().relative_to(REPO))
+    except ValueError:
+        return str(path.resolve())
+
+
+def command(t: Target, scale: str, seed: int, out: Path, extra: Sequence[str]) -> list[str]:
+    return [
+        sys.executable,
+        f"experiments/{t.script}.py",
+        *script_args(t, scale),
+        "--seed",
+        str(seed),
+        "--out",
+        shown_path(out),
+        "--overwrite",
+        *extra,
+    ]
+
+
+def format_list() -> str:
+    """``--list``: every preset, its cost, and what each scale runs."""
+    lines = [
+        "Every preset of every experiment script (run one: reproduce.py run SCRIPT:PRESET "
+        "--scale smoke|cpu|full). Each run adds --seed S --out "
+        "RUNS/<script>_<preset>/<scale>/seed<S> --overwrite.",
+        "",
+    ]
+    for t in targets():
+        p = t.preset
+        lines.append(f"{t.name}  {p.about}")
+        lines.append(f"  cost:      {p.cost}")
+        lines.append(f"  data:      {p.data}")
+        for scale in SCALES:
+            cmd = shlex.join(["python", f"experiments/{t.script}.py", *script_args(t, scale)])
+            seeds = ",".join(map(str, DEFAULT_SEEDS[scale]))
+            note = {
+                "smoke": "seconds; the numbers mean nothing",
+                "cpu": cpu_scale(t).why,
+                "full": "the preset unchanged",
+            }[scale]
+            lines.append(f"  {scale + ':':10} {cmd}  [seeds {seeds}; {note}]")
+        for ref in p.references:
+            lines.append(f"  published: {ref.source}: {' / '.join(ref.columns)} {cells(ref)}")
+        if not p.references:
+            lines.append("  published: none")
+        lines.append("")
+    return "\n".join(lines).rstrip()
+
+
+def cells(ref: Reference) -> str:
+    """A reference's numbers as text (a long table by its size)."""
+    if len(ref.values) > 2:
+        return f"(a table of {len(ref.values)} settings of {', '.join(ref.cell)})"
+    return "; ".join(
+        ("(" + ", ".join(f"{n} {format_value(v)}" for n, v in zip(ref.cell, key)) + ") "
+         if key else "")
+        + " / ".join(f"{v:.2f}" for v in nums)
+        for key, nums in ref.values.items()
+    )
+
+
+# ------------------------------------------------------------------------------- running
+
+
+def headline_of(t: Target, summary: Mapping[str, Any]) -> dict[str, Any]:
+    """The metric reported as ours: the last column of the first reference, else a fallback."""
+    if t.preset.references:
+        ref = t.preset.references[0]
+        column = ref.columns[-1]
+        metric, stat = column_metric(t.script, column)
+        return dict(
+            column=column,
+            metric=metric,
+            statistic=stat,
+            unit="%",
+            chosen=f"the last column of the preset's first reference ({ref.source})",
+        )
+    metrics = [k for k, v in summary.items() if "acc" in k and isinstance(v, dict) and "best" in v]
+    pick = next((k for k in ("pers_acc_pooled", "acc_pooled") if k in metrics), None)
+    pick = pick or (metrics[0] if metrics else None)
+    if pick is None:
+        raise RunError(f"{t.name}: summary.json has no accuracy metric to report")
+    return dict(
+        column=None,
+        metric=pick,
+        statistic="best",
+        unit="%",
+        chosen="no published reference for this preset: pers_acc_pooled best, else acc_pooled "
+        "best, else the first accuracy metric in summary.json",
+    )
+
+
+def column_metric(script: str, column: str) -> tuple[str, str]:
+    try:
+        return REFERENCE_COLUMNS[script][column]
+    except KeyError:
+        raise TypeError(
+            f"REFERENCE_COLUMNS has no entry for {script}'s reference column {column!r}: add "
+            "the summary.json metric and statistic its main() reports for it"
+        ) from None
+
+
+def value_of(summary: Mapping[str, Any], metric: str, stat: str) -> float | None:
+    entry = summary.get(metric)
+    if not isinstance(entry, dict) or entry.get(stat) is None:
+        return None
+    return 100.0 * float(entry[stat])
+
+
+def mean_std(values: Sequence[float | None]) -> tuple[float | None, float | None]:
+    """Mean and population standard deviation (None when a value is missing)."""
+    nums = [float(v) for v in values if v is not None]
+    if not nums or len(nums) != len(values):
+        return None, None
+    m = sum(nums) / len(nums)
+    return m, (sum((v - m) ** 2 for v in nums) / len(nums)) ** 0.5
+
+
+def reference_line(ref: Reference, lines: Sequence[str]) -> tuple[bool | None, str | None]:
+    """(comparable, the script's line) for ``ref`` among the lines it printed."""
+    ok = f"published ({ref.source}; metric: {ref.metric}): "
+    no = f"not comparable: {ref.source} was measured with "
+    for line in lines:
+        if line.startswith(ok):
+            return True, line
+        if line.startswith(no):
+            return False, line
+    return None, None
+
+
+def printed_numbers(ref: Reference, line: str) -> tuple[dict[str, float], dict[str, float]]:
+    """(published, this run) numbers by column from a comparable line (2 decimals)."""
+    rest = line[len(f"published ({ref.source}; metric: {ref.metric}): ") :]
+    pub_text, _, mine_text = rest.partition(" | this run: ")
+
+    def grab(text: str) -> dict[str, float]:
+        out = {}
+        for c in ref.columns:
+            m = re.search(re.escape(c) + r" (-?\d+(?:\.\d+)?)", text)
+            if m:
+                out[c] = float(m.group(1))
+        return out
+
+    return grab(pub_text), grab(mine_text)
+
+
+def published_cell(ref: Reference, printed: Mapping[str, float]) -> tuple[dict, dict[str, float]]:
+    """The reference cell whose numbers the script printed (exact values), else the printed."""
+    for key, nums in ref.values.items():
+        if all(abs(round(v, 2) - printed.get(c, float("nan"))) < 1e-6
+               for c, v in zip(ref.columns, nums)):
+            return dict(zip(ref.cell, key)), dict(zip(ref.columns, nums))
+    return {}, dict(printed)
+
+
+def read_jsonl(path: Path) -> list[dict[str, Any]]:
+    if not path.exists():
+        return []
+    return [json.loads(x) for x in path.read_text().splitlines() if x.strip()]
+
+
+def run_seed(argv: list[str], out: Path) -> tuple[float, list[str]]:
+    """Run one seed; echo and keep its stdout. Returns (wall seconds, stdout lines)."""
+    print(f"$ {shlex.join(argv)}", file=sys.stderr, flush=True)
+    tic = time.perf_counter()
+    proc = subprocess.Popen(argv, cwd=REPO, stdout=subprocess.PIPE, text=True, bufsize=1)
+    assert proc.stdout is not None
+    lines = []
+    for line in proc.stdout:
+        sys.stdout.write(line)
+        lines.append(line.rstrip("\n"))
+    status = proc.wait()
+    wall = time.perf_counter() - tic
+    sys.stdout.flush()
+    if status != 0:
+        raise RunError(
+            f"{shlex.join(argv[1:])} exited with status {status} (its error is above); no "
+            "results written"
+        )
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "reproduce_stdout.txt").write_text("\n".join(lines) + "\n")
+    return wall, lines
+
+
+def run_target(
+    t: Target,
+    scale: str,
+    seeds: Sequence[int],
+    results_dir: Path,
+    runs_dir: Path,
+    extra: Sequence[str] = (),
+) -> dict[str, Any]:
+    """Run ``t`` at ``scale`` once per seed; write and return the results JSON (and plot)."""
+    for ref in t.preset.references:  # a missing column mapping is found before hours of work
+        for c in ref.columns:
+            column_metric(t.script, c)
+    base = runs_dir / f"{t.script}_{t.preset.name}" / scale
+    per_seed: list[dict[str, Any]] = []
+    histories: dict[int, list[dict[str, Any]]] = {}
+    summaries: dict[int, dict[str, Any]] = {}
+    for seed in seeds:
+        out = base / f"seed{seed}"
+        argv = command(t, scale, seed, out, extra)
+        wall, lines = run_seed(argv, out)
+        summary = json.loads((out / "summary.json").read_text())
+        summaries[seed] = summary
+        histories[seed] = read_jsonl(out / "metrics.jsonl")
+        per_seed.append(
+            dict(
+                seed=seed,
+                command=shlex.join(argv),
+                run_dir=shown_path(out),
+                wall_seconds=wall,
+                train_seconds=summary.get("train_seconds"),
+                rounds=summary.get("rounds"),
+                reference_lines=[
+                    x for x in lines if x.startswith(("published", "not comparable: "))
+                ],
+            )
+        )
+    head = headline_of(t, summaries[seeds[0]])
+    for row in per_seed:
+        row["value"] = value_of(summaries[row["seed"]], head["metric"], head["statistic"])
+    mean, std = mean_std([row["value"] for row in per_seed])
+    references, gaps = [], []
+    for ref in t.preset.references:
+        entry = reference_entry(t, ref, per_seed, summaries)
+        references.append(entry)
+        for c, pub in (entry["published"] or {}).items():
+            ours = entry["ours"][c]["mean"]
+            gap = None if ours is None else ours - pub
+            entry["gap"][c] = gap
+            gaps.append(dict(source=ref.source, column=c, ours=ours, published=pub, gap=gap))
+    walls = [row["wall_seconds"] for row in per_seed]
+    stem = f"{t.script}_{t.preset.name}_{scale}"
+    seeds_text = ",".join(map(str, seeds))
+    doc = dict(
+        schema=SCHEMA,
+        script=t.script,
+        preset=t.preset.name,
+        scale=scale,
+        about=t.preset.about,
+        data=t.preset.data,
+        cost=t.preset.cost,
+        scale_overrides=scale_overrides(t, scale),
+        scale_why=cpu_scale(t).why if scale == "cpu" else None,
+        extra_args=list(extra),
+        reproduce_command=shlex.join(
+            ["python", "experiments/reproduce.py", "run", t.name, "--scale", scale,
+             "--seeds", seeds_text, *(["--", *extra] if extra else [])]
+        ),
+        cwd=str(REPO),
+        commands=[row["command"] for row in per_seed],
+        seeds=list(seeds),
+        headline=head,
+        per_seed=per_seed,
+        mean=mean,
+        std=std,
+        wall_seconds_mean=sum(walls) / len(walls),
+        references=references,
+        gaps=gaps,
+        has_published=bool(t.preset.references),
+        machine=machine_info(),
+        plot=f"{stem}.png",
+        created=datetime.datetime.now().isoformat(timespec="seconds"),
+    )
+    results_dir.mkdir(parents=True, exist_ok=True)
+    plot(doc, histories, results_dir / f"{stem}.png")
+    (results_dir / f"{stem}.json").write_text(json.dumps(doc, indent=2) + "\n")
+    return doc
+
+
+def reference_entry(
+    t: Target,
+    ref: Reference,
+    per_seed: Sequence[Mapping[str, Any]],
+    summaries: Mapping[int, Mapping[str, Any]],
+) -> dict[str, Any]:
+    """One reference: its numbers, whether the script found each seed's run comparable (its
+    printed lines), our value of each of its columns and, where comparable, the gap."""
+    found = [reference_line(ref, row["reference_lines"]) for row in per_seed]
+    comparable = bool(found) and all(ok is True for ok, _ in found)
+    ours = {}
+    for c in ref.columns:
+        metric, stat = column_metric(t.script, c)
+        vals = [value_of(summaries[row["seed"]], metric, stat) for row in per_seed]
+        m, s = mean_std(vals)
+        ours[c] = dict(metric=metric, statistic=stat, per_seed=vals, mean=m, std=s)
+    published, cell, agrees = None, None, None
+    if comparable:
+        pub, _ = printed_numbers(ref, found[0][1] or "")
+        cell, published = published_cell(ref, pub)
+        checks = []
+        for i, (_, line) in enumerate(found):
+            for c, printed in printed_numbers(ref, line or "")[1].items():
+                v = ours[c]["per_seed"][i]
+                if v is not None:
+                    checks.append(abs(v - printed) < 0.006)
+        agrees = all(checks) if checks else None
+        if agrees is False:
+            print(f"warning: {t.name}: REFERENCE_COLUMNS disagrees with the numbers the script "
+                  f"printed for {ref.source}", file=sys.stderr)
+    reasons = None
+    if found and found[0][0] is False:
+        reasons = (found[0][1] or "").split(" was measured with ", 1)[-1]
+    return dict(
+        source=ref.source,
+        metric=ref.metric,
+        columns=list(ref.columns),
+        cells=[
+            dict(cell=dict(zip(ref.cell, key)), values=dict(zip(ref.columns, nums)))
+            for key, nums in ref.values.items()
+        ],
+        comparable=comparable if all(ok is not None for ok, _ in found) else None,
+        not_comparable_because=reasons,
+        lines=[line for _, line in found],
+        cell=cell,
+        published=published,
+        ours=ours,
+        ours_agrees_with_script=agrees,
+        gap={},
+    )
+
+
+def machine_info() -> dict[str, Any]:
+    """:func:`jaxpfl.machine.machine` (called after the runs: on a GPU the parent must not
+    hold the device while a child trains)."""
+    from jaxpfl.machine import machine
+
+    return machine()
+
+
+def plot(doc: Mapping[str, Any], histories: Mapping[int, Sequence[Mapping]], path: Path) -> None:
+    """The headline metric per round, one line per seed; comparable published numbers dashed."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    head = doc["headline"]
+    fig, ax = plt.subplots(figsize=(6.4, 4.0))
+    for seed, hist in histories.items():
+        pts = [(r["round"], 100 * r[head["metric"]]) for r in hist if head["metric"] in r]
+        if pts:
+            ax.plot(*zip(*pts), marker="." if len(pts) < 30 else None, label=f"seed {seed}")
+    for g in doc["gaps"]:
+        if g["column"] == head["column"]:
+            ax.axhline(g["published"], ls="--", color="gray", lw=1)
+            ax.annotate(f"published {g['published']:.2f}", (0, g["published"]), fontsize=7,
+                        xytext=(2, 2), textcoords="offset points", color="gray")
+    ax.set_xlabel("round")
+    ax.set_ylabel(f"{head['metric']} (%)")
+    ax.set_title(f"{doc['script']}:{doc['preset']} ({doc['scale']}), "
+                 f"{head['statistic']} {head['metric']} reported", fontsize=9)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+# -------------------------------------------------------------------------------- report
+
+
+def load_results(results_dir: Path) -> list[dict[str, Any]]:
+    """Every results JSON (this schema) in ``results_dir``, by script, preset and scale."""
+    docs = []
+    for path in sorted(results_dir.glob("*.json")):
+        try:
+            doc = json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError) as e:
+            print(f"warning: {path}: skipped ({e})", file=sys.stderr)
+            continue
+        if isinstance(doc, dict) and doc.get("schema") == SCHEMA:
+            docs.append(doc)
+        else:
+            print(f"warning: {path}: not a reproduce.py result, skipped", file=sys.stderr)
+    order = {t.name: i for i, t in enumerate(targets())}
+    docs.sort(key=lambda d: (d["script"], order.get(f"{d['script']}:{d['preset']}", 1 << 30),
+                             d["preset"], SCALES.index(d["scale"])))
+    return docs
+
+
+def cell_text(text: Any) -> str:
+    return " ".join(str(text).split()).replace("|", "\\|")
+
+
+def pct(v: float | None) -> str:
+    return "n/a" if v is None else f"{v:.2f}"
+
+
+def wall_text(seconds: float) -> str:
+    return f"{seconds:.0f} s" if seconds < 120 else f"{seconds / 60:.1f} min"
+
+
+def machine_text(m: Mapping[str, Any]) -> str:
+    backend = str(m.get("backend", "cpu"))
+    if backend != "cpu" and m.get("device_kind"):
+        n = m.get("devices", 1)
+        return f"{m['device_kind']}" + (f" x{n}" if n and n > 1 else "") + f" ({backend})"
+    return f"{m.get('cpu', '?')} ({m.get('cpus', '?')} cores)"
+
+
+def published_text(doc: Mapping[str, Any]) -> str:
+    if not doc["references"]:
+        return "none: no published number for this preset"
+    parts = []
+    column = doc["headline"]["column"]
+    for ref in doc["references"]:
+        c = column if column in ref["columns"] else ref["columns"][-1]
+        if ref["published"]:
+            nums = pct(ref["published"][c])
+        elif len(ref["cells"]) == 1:
+            nums = pct(ref["cells"][0]["values"][c])
+        else:
+            nums = f"a table of {len(ref['cells'])} settings"
+        state = {True: "comparable", False: "not comparable", None: "comparability unknown"}
+        why = ref["not_comparable_because"]
+        parts.append(f"{nums} ({ref['source']}; {state[ref['comparable']]}"
+                     + (f": {why}" if why else "") + ")")
+    return "<br>".join(parts)
+
+
+def gap_text(doc: Mapping[str, Any], notes: list[str]) -> str:
+    if not doc["references"]:
+        return "no published number"
+    if not doc["gaps"]:
+        return "not comparable"
+    key = f"{doc['script']}:{doc['preset']}:{doc['scale']}"
+    parts = []
+    for g in doc["gaps"]:
+        if g["gap"] is None:
+            parts.append(f"n/a ({g['source']})")
+            continue
+        text = f"{g['gap']:+.2f}"
+        if g["column"] != doc["headline"]["column"]:
+            text += f" ({g['column']}: ours {pct(g['ours'])})"
+        if abs(g["gap"]) > EXPLAIN_ABOVE:
+            if key in EXPLANATIONS:
+                note = f"{key}: {EXPLANATIONS[key]}"
+                if note not in notes:
+                    notes.append(note)
+                text += f" (note {notes.index(note) + 1})"
+            else:
+                text += " unexplained"
+        parts.append(text)
+    return "<br>".join(parts)
+
+
+def run_commands() -> list[str]:
+    lines = []
+    for t in targets():
+        lines.append(f"    python experiments/reproduce.py run {t.name} --scale cpu   "
+                     f"# {cpu_scale(t).why}")
+    return lines
+
+
+def render_report(results_dir: Path, out: Path) -> str:
+    """docs/results.md from every results JSON in ``results_dir``."""
+    docs = load_results(results_dir)
+    rel = os.path.relpath(results_dir.resolve(), out.resolve().parent)
+    lines = [
+        "# Reproduction results",
+        "",
+        "<!-- Generated by `python experiments/reproduce.py report`: do not edit by hand. -->",
+        "",
+        f"Generated by `python experiments/reproduce.py report` from the JSON files in "
+        f"`{shown_path(results_dir)}/`, which `python experiments/reproduce.py run "
+        "SCRIPT:PRESET --scale smoke|cpu|full` writes; no number here is typed by hand. "
+        "Scales: `smoke` (seconds, the numbers mean nothing), `cpu` (the preset shortened "
+        "to about 30 minutes per seed on a 2-core CPU: `CPU_SCALE` in "
+        "experiments/reproduce.py), `full` (the preset unchanged). *Ours* is the headline "
+        "metric (the last column of the preset's first published reference, else best "
+        "`pers_acc_pooled` / `acc_pooled`): mean ± population std over the seeds, in %. A "
+        "published number is compared only where the script itself judges the run's setting "
+        "the same (its `reference_lines`); *gap* = ours − published in points, and a gap "
+        f"over {EXPLAIN_ABOVE:g} point needs an entry in `EXPLANATIONS` (else it reads "
+        "*unexplained*).",
+        "",
+    ]
+    if not docs:
+        lines += [
+            "No results have been recorded yet. Record them with (one preset at a time; "
+            "`--list` shows every preset, its cost and what each scale runs):",
+            "",
+            "    python experiments/reproduce.py --list",
+            *run_commands(),
+            "    python experiments/reproduce.py report",
+            "",
+        ]
+        return "\n".join(lines)
+    clis = scripts()
+    for script in dict.fromkeys(d["script"] for d in docs):
+        title = clis[script].description.split(":")[0] if script in clis else script
+        lines += [f"## {script}: {title}", ""]
+        lines += [
+            "| preset | scale | metric | ours (mean ± std, %) | published (source) | gap (points) "
+            "| seeds | wall per seed | machine | plot |",
+            "|---|---|---|---|---|---|---|---|---|---|",
+        ]
+        notes: list[str] = []
+        for d in (d for d in docs if d["script"] == script):
+            head = d["headline"]
+            ours = "n/a" if d["mean"] is None else f"{d['mean']:.2f} ± {d['std']:.2f}"
+            row = [
+                d["preset"],
+                d["scale"],
+                f"{head['statistic']} {head['metric']}",
+                ours,
+                published_text(d),
+                gap_text(d, notes),
+                ",".join(map(str, d["seeds"])),
+                wall_text(d["wall_seconds_mean"]),
+                machine_text(d.get("machine", {})),
+                f"[png]({rel}/{d['plot']})",
+            ]
+            lines.append("| " + " | ".join(cell_text(x) for x in row) + " |")
+        lines.append("")
+        for i, n in enumerate(notes, 1):
+            lines.append(f"{i}. {n}")
+        if notes:
+            lines.append("")
+        lines.append("Commands:")
+        lines.append("")
+        for d in (d for d in docs if d["script"] == script):
+            lines.append(f"    {d['reproduce_command']}")
+        lines.append("")
+    ran = {f"{d['script']}:{d['preset']}" for d in docs}
+    missing = [t.name for t in targets() if t.name not in ran]
+    if missing:
+        lines += ["## Not recorded yet", "", ", ".join(missing), ""]
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------------------- main
+
+
+def build_parser() -> CliParser:
+    p = CliParser(
+        prog="reproduce.py",
+        description="Run the experiment scripts' presets at a scale and report the results. "
+        "Flags after -- go to the script (e.g. -- --data-dir DIR).",
+    )
+    p.add_argument("--list", action="store_true", help="every preset, its cost and each scale")
+    sub = p.add_subparsers(dest="cmd", metavar="{run,report}")
+    r = sub.add_parser("run", help="run SCRIPT:PRESET once per seed and record the result")
+    r.add_argument("target", metavar="SCRIPT:PRESET")
+    r.add_argument("--scale", choices=SCALES, default="cpu", help="[default: cpu]")
+    r.add_argument("--seeds", help="comma-separated seeds [default: 0 for smoke, else 0,1,2]")
+    r.add_argument("--results-dir", default=str(DEFAULT_RESULTS), help="[default: docs/results]")
+    r.add_argument("--runs-dir", default=str(DEFAULT_RUNS), help="[default: runs/reproduce]")
+    g = sub.add_parser("report", help="rebuild docs/results.md from the results JSONs")
+    g.add_argument("--results-dir", default=str(DEFAULT_RESULTS), help="[default: docs/results]")
+    g.add_argument("--out", default=str(DEFAULT_REPORT), help="[default: docs/results.md]")
+    return p
+
+
+@main_guard
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    extra: list[str] = []
+    if "--" in argv:
+        i = argv.index("--")
+        argv, extra = argv[:i], argv[i + 1 :]
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if extra and args.cmd != "run":
+        parser.error("flags after -- are for the script of `run` only")
+    if args.list:
+        print(format_list())
+        return 0
+    if args.cmd == "run":
+        t = find_target(args.target)
+        seeds = parse_seeds(args.seeds) if args.seeds else DEFAULT_SEEDS[args.scale]
+        doc = run_target(t, args.scale, seeds, Path(args.results_dir), Path(args.runs_dir), extra)
+        head = doc["headline"]
+        print(f"\n{t.name} ({args.scale}, seeds {','.join(map(str, seeds))}): "
+              f"{head['statistic']} {head['metric']} {pct(doc['mean'])} ± {pct(doc['std'])} %")
+        for g in doc["gaps"]:
+            print(f"  vs {g['source']}: published {g['published']:.2f}, gap "
+                  f"{'n/a' if g['gap'] is None else format(g['gap'], '+.2f')} points")
+        stem = Path(args.results_dir) / f"{t.script}_{t.preset.name}_{args.scale}"
+        print(f"wrote {stem}.json and {stem}.png", file=sys.stderr)
+        return 0
+    if args.cmd == "report":
+        out = Path(args.out)
+        text = render_report(Path(args.results_dir), out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(text.rstrip("\n") + "\n")
+        print(f"wrote {out}", file=sys.stderr)
+        return 0
+    parser.error("give --list, run SCRIPT:PRESET or report")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,217 @@
+"""experiments/reproduce.py: ``--list`` covers every preset, one smoke run's JSON and plot, the
+report's numbers equal the JSON's, and bad input is one line with exit status 2."""
+
+from __future__ import annotations
+
+import copy
+import importlib.util
+import json
+import os
+import re
+import sys
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import numpy as np
+import pytest
+
+from jaxpfl.cli import ExperimentCli
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def load(path: Path, name: str) -> ModuleType:
+    if name not in sys.modules:
+        spec = importlib.util.spec_from_file_location(name, path)
+        mod = importlib.util.module_from_spec(spec)
+        sys.modules[name] = mod
+        spec.loader.exec_module(mod)
+    return sys.modules[name]
+
+
+R = load(REPO / "experiments" / "reproduce.py", "_reproduce_under_test")
+
+
+def experiment_presets() -> dict[str, tuple[ExperimentCli, list[str]]]:
+    """Every script's presets, found on its own: each experiments/*.py that builds an
+    ExperimentCli, loaded, and every ExperimentCli object it holds."""
+    out = {}
+    for path in sorted((REPO / "experiments").glob("*.py")):
+        if path.name == "reproduce.py" or "ExperimentCli(" not in path.read_text():
+            continue
+        mod = load(path, f"_experiment_{path.stem}")
+        for obj in vars(mod).values():
+            if isinstance(obj, ExperimentCli) and obj.presets:
+                out[path.stem] = (obj, list(obj.presets))
+    return out
+
+
+def test_list_shows_every_preset_of_every_script(capsys: pytest.CaptureFixture) -> None:
+    assert R.main(["--list"]) == 0
+    text = capsys.readouterr().out
+    listed = re.findall(r"^(\w+:\w+)  ", text, re.M)
+    want = [f"{s}:{p}" for s, (_, presets) in experiment_presets().items() for p in presets]
+    assert sorted(listed) == sorted(want) and len(want) >= 10
+    blocks = dict(zip(listed, re.split(r"^\w+:\w+  ", text, flags=re.M)[1:]))
+    for name in want:
+        script, preset = name.split(":")
+        block = blocks[name]
+        for scale in R.SCALES:
+            assert f"  {scale}:" in block
+        assert f"experiments/{script}.py --preset {preset} --smoke" in block
+        assert "  cost:" in block
+
+
+def test_tables_cover_every_preset_and_reference_column(tmp_path: Path) -> None:
+    presets = experiment_presets()
+    assert set(R.CPU_SCALE) == {f"{s}:{p}" for s, (_, ps) in presets.items() for p in ps}
+    for name, scale in R.CPU_SCALE.items():
+        script, preset = name.split(":")
+        cli = presets[script][0]
+        assert scale.why
+        flags = R.override_flags(cli, scale.overrides)
+        parsed = cli.parse(["--preset", preset, *flags, "--out", str(tmp_path / "o")])
+        for k, v in scale.overrides.items():
+            assert parsed.values[k] == v
+        for ref in cli.presets[preset].references:
+            for column in ref.columns:
+                assert column in R.REFERENCE_COLUMNS[script], (name, column)
+    for key in R.EXPLANATIONS:  # explanations only for recorded results
+        script, preset, scale = key.split(":")
+        assert (REPO / "docs" / "results" / f"{script}_{preset}_{scale}.json").exists(), key
+
+
+def fashion_fixture(tmp: Path) -> Path:
+    """Fake Fashion-MNIST IDX files (the tests' fixture layout)."""
+    spec = importlib.util.spec_from_file_location("_fx", REPO / "data_prep" / "make_fixtures.py")
+    fx = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(fx)
+    rng = np.random.default_rng(0)
+    folder = tmp / "idx"
+    folder.mkdir()
+    for stem, n in (("train", 1600), ("t10k", 400)):
+        fx.write_idx(folder / f"{stem}-labels-idx1-ubyte.gz", rng.integers(0, 10, n))
+        fx.write_idx(folder / f"{stem}-images-idx3-ubyte.gz", rng.integers(0, 256, (n, 28, 28)))
+    return folder
+
+
+@pytest.fixture(scope="module")
+def smoke_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, Any]]:
+    """The one real run: fedavg:pfllib at smoke scale, seed 0, on fixture data."""
+    tmp = tmp_path_factory.mktemp("reproduce")
+    data = fashion_fixture(tmp)
+    results = tmp / "results"
+    argv = ["run", "fedavg:pfllib", "--scale", "smoke", "--seeds", "0",
+            "--results-dir", str(results), "--runs-dir", str(tmp / "runs"),
+            "--", "--data-dir", str(data), "--no-progress"]  # fmt: skip
+    assert R.main(argv) == 0
+    doc = json.loads((results / "fedavg_pfllib_smoke.json").read_text())
+    return results, doc
+
+
+def test_run_writes_the_json_and_the_plot(smoke_run: tuple[Path, dict[str, Any]]) -> None:
+    results, doc = smoke_run
+    assert (results / "fedavg_pfllib_smoke.png").stat().st_size > 5000
+    assert (doc["script"], doc["preset"], doc["scale"], doc["seeds"]) == (
+        "fedavg", "pfllib", "smoke", [0])  # fmt: skip
+    (cmd,) = doc["commands"]
+    assert "experiments/fedavg.py --preset pfllib --smoke --seed 0 --out " in cmd
+    assert cmd.endswith("--overwrite --data-dir " + doc["extra_args"][1] + " --no-progress")
+    assert "fedavg_pfllib/smoke/seed0" in cmd
+    head = doc["headline"]
+    assert (head["column"], head["metric"], head["statistic"]) == (
+        "best acc_pooled (%)", "acc_pooled", "best")  # fmt: skip
+    (seed,) = doc["per_seed"]
+    summary = json.loads((Path(doc["cwd"]) / seed["run_dir"] / "summary.json").read_text())
+    assert seed["value"] == pytest.approx(100 * summary["acc_pooled"]["best"])
+    assert doc["mean"] == pytest.approx(seed["value"]) and doc["std"] == 0.0
+    assert seed["wall_seconds"] > 0 and doc["wall_seconds_mean"] == seed["wall_seconds"]
+    refs = doc["references"]
+    assert [r["cells"][0]["values"]["best acc_pooled (%)"] for r in refs] == [85.85, 69.83]
+    for r in refs:  # a smoke run is never the published setting: the script's own lines say so
+        assert r["comparable"] is False and r["published"] is None
+        assert r["lines"][0].startswith("not comparable: " + r["source"])
+        assert "--rounds" in r["not_comparable_because"]
+    assert doc["gaps"] == [] and doc["machine"]["backend"] == "cpu"
+
+
+def cells_of(markdown: str, preset: str, scale: str) -> list[str]:
+    (row,) = [x for x in markdown.splitlines() if x.startswith(f"| {preset} | {scale} |")]
+    return [c.strip() for c in re.split(r"(?<!\\)\|", row)[1:-1]]
+
+
+def test_report_numbers_are_the_json_numbers(
+    smoke_run: tuple[Path, dict[str, Any]], tmp_path: Path
+) -> None:
+    results, doc = smoke_run
+    out = tmp_path / "results.md"
+    assert R.main(["report", "--results-dir", str(results), "--out", str(out)]) == 0
+    md = out.read_text()
+    assert "## fedavg" in md and "No results have been recorded yet" not in md
+    c = cells_of(md, "pfllib", "smoke")
+    mean, std = (float(x) for x in c[3].split("±"))
+    assert (mean, std) == (round(doc["mean"], 2), round(doc["std"], 2))
+    published = [float(x) for x in re.findall(r"(?:^|<br>)(\d+\.\d+) \(", c[4])]
+    assert published == [r["cells"][0]["values"]["best acc_pooled (%)"] for r in doc["references"]]
+    assert c[5] == "not comparable" and c[6] == "0"
+    assert float(c[7].removesuffix(" s")) == round(doc["wall_seconds_mean"])
+    assert c[8] == f"{doc['machine']['cpu']} ({doc['machine']['cpus']} cores)"
+    assert c[9] == f"[png]({os.path.relpath(results, out.parent)}/fedavg_pfllib_smoke.png)"
+
+    # A comparable result (the script's own line, from its reference_lines) with a gap > 1
+    # point and no explanation reads "unexplained"; with an explanation, a note.
+    t = R.find_target("fedavg:pfllib")
+    parsed = t.cli.parse(["--preset", "pfllib", "--rounds", "25", "--out", str(tmp_path / "x")])
+    lines = parsed.reference_lines({**parsed.values, "clients_per_round": 20},
+                                   {"best acc_pooled (%)": 75.0})
+    summaries = {0: {"acc_pooled": {"best": 0.75, "final": 0.7}}}
+    rows = [{"seed": 0, "reference_lines": lines}]
+    entries = [R.reference_entry(t, ref, rows, summaries) for ref in t.preset.references]
+    assert [e["comparable"] for e in entries] == [False, True]
+    assert entries[1]["published"] == {"best acc_pooled (%)": 69.83}
+    assert entries[1]["ours_agrees_with_script"] is True
+    fake = copy.deepcopy(doc)
+    fake.update(scale="cpu", references=entries, mean=75.0, std=0.0, gaps=[
+        dict(source=entries[1]["source"], column="best acc_pooled (%)", ours=75.0,
+             published=69.83, gap=75.0 - 69.83)])  # fmt: skip
+    fakes = tmp_path / "fake"
+    fakes.mkdir()
+    (fakes / "fedavg_pfllib_cpu.json").write_text(json.dumps(fake))
+    R.main(["report", "--results-dir", str(fakes), "--out", str(out)])
+    assert cells_of(out.read_text(), "pfllib", "cpu")[5] == "+5.17 unexplained"
+    R.EXPLANATIONS["fedavg:pfllib:cpu"] = "a test explanation"
+    try:
+        R.main(["report", "--results-dir", str(fakes), "--out", str(out)])
+    finally:
+        del R.EXPLANATIONS["fedavg:pfllib:cpu"]
+    md = out.read_text()
+    assert cells_of(md, "pfllib", "cpu")[5] == "+5.17 (note 1)"
+    assert "1. fedavg:pfllib:cpu: a test explanation" in md
+
+
+def test_report_on_no_results_shows_the_commands(tmp_path: Path) -> None:
+    out = tmp_path / "r.md"
+    assert R.main(["report", "--results-dir", str(tmp_path / "none"), "--out", str(out)]) == 0
+    md = out.read_text()
+    assert "No results have been recorded yet" in md
+    assert "python experiments/reproduce.py run fedala:pfllib --scale cpu" in md
+
+
+@pytest.mark.parametrize(
+    "argv,needle",
+    [
+        (["run", "fedavg:nope"], "unknown preset 'fedavg:nope'"),
+        (["run", "fedavg"], "write SCRIPT:PRESET"),
+        (["run", "fedavg:pfllib", "--scale", "huge"], "invalid choice: 'huge'"),
+        (["run", "fedavg:pfllib", "--seeds", "0,x"], "--seeds must be"),
+    ],
+)
+def test_bad_input_is_one_line_and_status_2(
+    capsys: pytest.CaptureFixture, argv: list[str], needle: str
+) -> None:
+    with pytest.raises(SystemExit) as e:
+        R.main(argv)
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("error: ") and needle in err
