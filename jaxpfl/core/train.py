@@ -31,8 +31,8 @@ class ExecOptions:
     """How the step loop executes (never what it computes).
 
     ``unroll``: unroll factor of the compiled ``lax.scan`` (inside jit/vmap).
-    ``step_block``: steps per jitted call when the loop runs eagerly (``sequential``); 1 steps
-    from Python like a classic training loop, ``None`` runs the whole scan in one call.
+    ``step_block``: active steps per jitted call when the loop runs eagerly (``sequential``;
+    its CPU default is 64); ``None`` runs the whole scan in one call.
     """
 
     unroll: int = 1
