@@ -59,13 +59,8 @@ def fixture_args(dataset: str, tmp: Path) -> list[str]:
     raise AssertionError(f"no fixture for dataset {dataset!r}: add one for the new preset")
 
 
-PRESETS = [
-    (script, p.name) for script in ("fedavg", "perfedavg") for p in load_script(script).PRESETS
-]
-
-
-@pytest.mark.parametrize("script,preset", PRESETS)
-def test_every_preset_runs_at_smoke_scale(tmp_path, capsys, script, preset):
+def smoke_run(script: str, preset: str, tmp_path, capsys):
+    """``script --preset preset --smoke`` on fixture data: (module, out dir, stdout, records)."""
     mod = load_script(script)
     dataset = mod.CLI.preset_values(preset)["dataset"]
     out = tmp_path / "o"
@@ -73,6 +68,17 @@ def test_every_preset_runs_at_smoke_scale(tmp_path, capsys, script, preset):
     mod.main([*argv, *fixture_args(dataset, tmp_path)])
     stdout = capsys.readouterr().out
     records = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    return mod, out, stdout, records
+
+
+PRESETS = [
+    (script, p.name) for script in ("fedavg", "perfedavg") for p in load_script(script).PRESETS
+]
+
+
+@pytest.mark.parametrize("script,preset", PRESETS)
+def test_every_preset_runs_at_smoke_scale(tmp_path, capsys, script, preset):
+    mod, out, stdout, records = smoke_run(script, preset, tmp_path, capsys)
     assert records[0]["round"] == 0
     summary = json.loads((out / "summary.json").read_text())
     assert summary["rounds"] == records[-1]["round"] > 0
@@ -167,13 +173,7 @@ PERSONALIZED_PRESETS = [
 def test_every_personalized_preset_runs_at_smoke_scale(tmp_path, capsys, script, preset):
     """Per-FedAvg, FedALA and FEDORA presets at smoke scale on fixture data: a full run of the
     script's own code path, metrics from round 0 to the last, a summary, comparability lines."""
-    mod = load_script(script)
-    dataset = mod.CLI.preset_values(preset)["dataset"]
-    out = tmp_path / "o"
-    argv = ["--preset", preset, "--smoke", "--no-progress", "--out", str(out)]
-    mod.main([*argv, *fixture_args(dataset, tmp_path)])
-    stdout = capsys.readouterr().out
-    records = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    mod, out, stdout, records = smoke_run(script, preset, tmp_path, capsys)
     assert records[0]["round"] == 0 and records[-1]["round"] > 0
     assert json.loads((out / "summary.json").read_text())["rounds"] == records[-1]["round"]
     assert "published (" not in stdout  # a smoke run is never a published setting

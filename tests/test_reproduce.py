@@ -13,7 +13,6 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-import numpy as np
 import pytest
 
 from jaxpfl.cli import ExperimentCli
@@ -83,17 +82,10 @@ def test_tables_cover_every_preset_and_reference_column(tmp_path: Path) -> None:
 
 
 def fashion_fixture(tmp: Path) -> Path:
-    """Fake Fashion-MNIST IDX files (the tests' fixture layout)."""
-    spec = importlib.util.spec_from_file_location("_fx", REPO / "data_prep" / "make_fixtures.py")
-    fx = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(fx)
-    rng = np.random.default_rng(0)
-    folder = tmp / "idx"
-    folder.mkdir()
-    for stem, n in (("train", 1600), ("t10k", 400)):
-        fx.write_idx(folder / f"{stem}-labels-idx1-ubyte.gz", rng.integers(0, 10, n))
-        fx.write_idx(folder / f"{stem}-images-idx3-ubyte.gz", rng.integers(0, 256, (n, 28, 28)))
-    return folder
+    """Fake Fashion-MNIST IDX files (the tests' fixture layout, from test_experiments)."""
+    from test_experiments import fixture_args
+
+    return Path(fixture_args("fashion_mnist", tmp)[1])
 
 
 @pytest.fixture(scope="module")
