@@ -23,6 +23,11 @@ Two tables, every row measured in its own subprocess (so its peak host RSS is it
    (``--weak-per-device``). Rows ``2p×d`` run 2 processes of d devices each on localhost
    (``jaxpfl.distributed``, loopback coordinator, gloo on CPU). Fake CPU devices share the
    host's cores: this table shows the overhead of sharding there, not a speed-up.
+3. **Resident pools** (``--pool-clients``, default 3,400 (the FEMNIST writer count) and
+   10,000): K clients in the split, ``--pool-sampled`` of them per round, a personalized
+   algorithm whose state every client keeps (FedALA: θ_k and W_k, run over ALL K in its
+   stage), the client state on the device and in host memory (``client_state`` device /
+   host, ``jaxpfl.core.residency``) side by side; "resident MB" is K × state/client.
 
 Algorithms: FedAvg and, when ``jaxpfl/algorithms/fedala.py`` imports, FedALA (per-client
 state θ_k, W_k and an all-client ALA stage after every server step).
@@ -77,6 +82,7 @@ class Job:
     batch_size: int = 10
     buckets: int = 6  # Strategy.buckets of the jitted strategies
     num_clients: int = 0  # K clients in the split (0: K = M, every client in every round)
+    client_state: str = "device"  # where the [K] client state lives: device or host
     seed: int = 0
 
 
@@ -155,12 +161,6 @@ def _algorithm(name: str, model, batch_size: int):
     return fedala(model, FedALAConfig(batch_size=batch_size, client_lr=0.005))
 
 
-def _tree_bytes(tree) -> int:
-    import jax
-
-    return int(sum(a.size * a.dtype.itemsize for a in jax.tree.leaves(tree)))
-
-
 def measure(job: Job) -> dict[str, Any]:
     """Time ``job.rounds`` rounds of the driver's loop (sampling, phase plan, round inputs,
     placement, the compiled round, its outputs to the host), without evaluation."""
@@ -173,7 +173,8 @@ def measure(job: Job) -> dict[str, Any]:
 
     from jaxpfl.core import keys as K
     from jaxpfl.core.buckets import Splits
-    from jaxpfl.core.engine import Strategy, default_strategy, make_round, place_rows
+    from jaxpfl.core.engine import State, Strategy, default_strategy, make_round, place_rows
+    from jaxpfl.core.residency import HostRound, client_state_bytes, to_host
     from jaxpfl.core.rounds import phase_plan, round_inputs, stage_groups
     from jaxpfl.models import count_params, get_model
     from jaxpfl.run import sample_clients
@@ -189,7 +190,14 @@ def measure(job: Job) -> dict[str, Any]:
     root = jax.random.key(job.seed)
     params = model.init(K.derive(root, K.INIT, 0), jnp.zeros((1, *raw.x_train.shape[1:]),
                                                             jnp.uint8))
-    state = alg.init(K.derive(root, K.INIT, 1), params, ds.num_clients)
+    strategy = dataclasses.replace(strategy, client_state=job.client_state)
+    per_client = client_state_bytes(alg, params, ds.num_clients)
+    if job.client_state == "host":  # built on the host, as the driver does
+        with jax.default_device(jax.devices("cpu")[0]):
+            state = alg.init(K.derive(root, K.INIT, 1), params, ds.num_clients)
+        state = State(state.server, to_host(state.clients))
+    else:
+        state = alg.init(K.derive(root, K.INIT, 1), params, ds.num_clients)
     x, y = jnp.asarray(ds.x), jnp.asarray(ds.y)
     if strategy.name == "sharded":
         mesh = strategy.mesh()
@@ -203,7 +211,7 @@ def measure(job: Job) -> dict[str, Any]:
     stage = None
     if alg.client_stage is not None:
         stage = place_rows(stage_groups(splits, strategy), strategy)
-    rnd = make_round(alg, strategy)
+    rnd = HostRound(alg, strategy) if job.client_state == "host" else make_round(alg, strategy)
     sizes = splits.sizes("train")
     seconds, examples = [], []
     for t, ids in enumerate(sel):
@@ -221,9 +229,6 @@ def measure(job: Job) -> dict[str, Any]:
     round_s = float(np.mean(later))
     dev = jax.local_devices()[0]
     stats = dev.memory_stats() if hasattr(dev, "memory_stats") else None
-    per_client = 0
-    if state.clients is not None:
-        per_client = _tree_bytes(state.clients) // ds.num_clients
     return {
         **dataclasses.asdict(job),
         "strategy": strategy.name,
@@ -244,6 +249,8 @@ def measure(job: Job) -> dict[str, Any]:
         "device_peak_mb": (stats["peak_bytes_in_use"] / 2**20
                            if stats and "peak_bytes_in_use" in stats else None),
         "state_bytes_per_client": per_client,
+        "resident_mb": per_client * ds.num_clients / 2**20,
+        "client_state": job.client_state,
         "compilations": rnd._cache_size() if hasattr(rnd, "_cache_size") else None,
     }
 
@@ -315,14 +322,21 @@ def _label(r: dict) -> str:
 
 
 def table(rows: list[dict], kind: str) -> str:
-    first = "clients/round" if kind == "clients" else "devices"
-    head = [first] + (["scaling", "K", "clients/round"] if kind == "devices" else []) + [
+    lead_head = {"clients": ["clients/round"],
+                 "devices": ["devices", "scaling", "K", "clients/round"],
+                 "pool": ["K resident", "clients/round", "client state"]}[kind]
+    head = lead_head + [
         "algorithm", "strategy", "first s", "round s", "examples/s", "peak RSS MB",
-        "device peak MB", "state/client KB"]
+        "device peak MB", "state/client KB"] + (["resident MB"] if kind == "pool" else [])
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
-        lead = [str(r["clients"])] if kind == "clients" else [
-            _label(r), r["scaling"], str(r.get("num_clients") or r["clients"]), str(r["clients"])]
+        if kind == "clients":
+            lead = [str(r["clients"])]
+        elif kind == "devices":
+            lead = [_label(r), r["scaling"], str(r.get("num_clients") or r["clients"]),
+                    str(r["clients"])]
+        else:
+            lead = [str(r["num_clients"]), str(r["clients"]), r["client_state"]]
         if "error" in r:
             cells = lead + [r["algorithm"], r.get("strategy", ""), "error: " + r["error"]]
             cells += [""] * (len(head) - len(cells))
@@ -332,7 +346,7 @@ def table(rows: list[dict], kind: str) -> str:
                 f"{r['examples_per_s']:,.0f}", f"{r['peak_rss_mb']:,.0f}",
                 _fmt(r["device_peak_mb"], ",.0f"),
                 f"{r['state_bytes_per_client'] / 1024:,.1f}",
-            ]
+            ] + ([f"{r['resident_mb']:,.0f}"] if kind == "pool" else [])
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -404,6 +418,11 @@ def jobs_for(args: argparse.Namespace, algorithms: list[str]) -> list[Job]:
         for d in args.process_devices:
             jobs.append(Job("devices", a, args.strong_clients, d, 2, "sharded", "strong",
                             num_clients=pool_k, **base))
+    personal = [a for a in algorithms if a != "fedavg"]
+    for k in args.pool_clients if personal else []:
+        for where in args.pool_states:
+            jobs.append(Job("pool", personal[0], min(args.pool_sampled, k), num_clients=k,
+                            client_state=where, **{**base, "data": args.pool_data}))
     return jobs
 
 
@@ -436,6 +455,14 @@ def main(argv: list[str] | None = None) -> None:
                    help="size groups per mapped call of the jitted strategies (6: default)")
     p.add_argument("--max-clients-personal", type=int, default=10**9,
                    help="clients-table rows of algorithms after the first only up to this M")
+    p.add_argument("--pool-clients", type=int, nargs="*", default=[3400, 10000],
+                   help="K of the resident-pools table (none: no such rows)")
+    p.add_argument("--pool-sampled", type=int, default=100,
+                   help="clients per round of the resident-pools table")
+    p.add_argument("--pool-states", nargs="+", default=["device", "host"],
+                   choices=("device", "host"), help="client-state placements per pool row")
+    p.add_argument("--pool-data", default="synthetic", choices=("fmnist", "synthetic"),
+                   help="data of the resident-pools table")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--timeout", type=float, default=1800, help="seconds per row")
     p.add_argument("--out", default="results/bench_scale")
@@ -446,6 +473,7 @@ def main(argv: list[str] | None = None) -> None:
         args.strong_clients, args.weak_per_device, args.timeout = 16, 0, 120
         args.device_pool_clients = 32
         args.max_clients_personal = 20 if args.quick_personal else 0
+        args.pool_clients = [200] if args.quick_personal else []
     algorithms = list(args.algorithms)
     fedala_ok, why = fedala_available()
     notes = []
@@ -460,14 +488,16 @@ def main(argv: list[str] | None = None) -> None:
         rows.append(launch(job, args.timeout))
         r = rows[-1]
         status = r.get("error") or f"round {r['round_s']:.3f} s"
+        where = f" K={job.num_clients} {job.client_state}" if job.table == "pool" else ""
         print(f"  {job.table}: {job.algorithm} M={job.clients} {job.processes}p×{job.devices}"
-              f" {job.scaling}: {status}", flush=True)
+              f" {job.scaling}{where}: {status}", flush=True)
     total_s = time.perf_counter() - tic
     from jaxpfl.machine import machine
 
     env = machine()
     c_rows = [r for r in rows if r["table"] == "clients"]
     d_rows = [r for r in rows if r["table"] == "devices"]
+    p_rows = [r for r in rows if r["table"] == "pool"]
     first = next((r for r in rows if "error" not in r), {})
     print(f"\n## Clients per round (one device, default strategy)\n\nmodel {args.model}, "
           f"data {first.get('data', args.data)} ({first.get('train_examples', '?')} training "
@@ -478,6 +508,11 @@ def main(argv: list[str] | None = None) -> None:
     print("\n## Devices (sharded strategy; fake CPU devices share the host's cores)\n")
     print(table(d_rows, "devices"))
     print(_splits_note(d_rows))
+    if p_rows:
+        print("\n## Resident pools (one device, default strategy; client state on the device "
+              "vs in host memory)\n")
+        print(table(p_rows, "pool"))
+        print(_splits_note(p_rows))
     for n in notes:
         print(f"\nNote: {n}")
     print(f"\n{len(rows)} rows in {total_s:.0f} s")

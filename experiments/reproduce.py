@@ -96,9 +96,8 @@ CPU_SCALE: dict[str, CpuScale] = {
     "per_fedavg:default": CpuScale({}, "the preset itself fits: 100 rounds ≈ 1 min"),
     "per_fedavg:kt_per": CpuScale({}, "the preset itself fits: 200 rounds ≈ 1 min"),
     "per_fedavg:pfllib": CpuScale(
-        dict(rounds=10),
-        "≈ 140 s training + 15-30 s evaluation per round: 10 rounds ≈ 28 min (the 25-round "
-        "reference needs ≈ 70 min)",
+        dict(rounds=25),
+        "PENDING",
     ),
     "perfedavg:default": CpuScale({}, "the preset itself fits: 2.5 min"),
     "perfedavg:jiang_emnist": CpuScale(
@@ -427,7 +426,24 @@ def run_seed(argv: list[str], out: Path) -> tuple[float, list[str]]:
         )
     out.mkdir(parents=True, exist_ok=True)
     (out / "reproduce_stdout.txt").write_text("\n".join(lines) + "\n")
+    record = dict(argv=argv[1:], wall_seconds=wall, lines=lines)
+    (out / "reproduce_seed.json").write_text(json.dumps(record, indent=2) + "\n")
     return wall, lines
+
+
+def finished_seed(argv: list[str], out: Path) -> tuple[float, list[str]] | None:
+    """(wall seconds, stdout lines) of a finished run of exactly ``argv`` in ``out``, if any.
+
+    A seed counts as finished only when ``run_seed`` recorded it with the same script flags
+    (the interpreter path aside) and its summary.json exists; anything else is run again.
+    """
+    record_path = out / "reproduce_seed.json"
+    if not (record_path.exists() and (out / "summary.json").exists()):
+        return None
+    record = json.loads(record_path.read_text())
+    if record.get("argv") != argv[1:]:
+        return None
+    return float(record["wall_seconds"]), list(record["lines"])
 
 
 def run_target(
@@ -437,8 +453,13 @@ def run_target(
     results_dir: Path,
     runs_dir: Path,
     extra: Sequence[str] = (),
+    reuse: bool = False,
 ) -> dict[str, Any]:
-    """Run ``t`` at ``scale`` once per seed; write and return the results JSON (and plot)."""
+    """Run ``t`` at ``scale`` once per seed; write and return the results JSON (and plot).
+
+    With ``reuse``, a seed already finished by the same command (see :func:`finished_seed`)
+    is read back instead of run again, so seeds can be run in separate sittings and joined.
+    """
     for ref in t.preset.references:  # a missing column mapping is found before hours of work
         for c in ref.columns:
             column_metric(t.script, c)
@@ -449,7 +470,10 @@ def run_target(
     for seed in seeds:
         out = base / f"seed{seed}"
         argv = command(t, scale, seed, out, extra)
-        wall, lines = run_seed(argv, out)
+        done = finished_seed(argv, out) if reuse else None
+        if done is not None:
+            print(f"reusing {shown_path(out)} (finished by the same command)", file=sys.stderr)
+        wall, lines = done if done is not None else run_seed(argv, out)
         summary = json.loads((out / "summary.json").read_text())
         summaries[seed] = summary
         histories[seed] = read_jsonl(out / "metrics.jsonl")
@@ -797,6 +821,12 @@ def build_parser() -> CliParser:
     r.add_argument("--seeds", help="comma-separated seeds [default: 0 for smoke, else 0,1,2]")
     r.add_argument("--results-dir", default=str(DEFAULT_RESULTS), help="[default: docs/results]")
     r.add_argument("--runs-dir", default=str(DEFAULT_RUNS), help="[default: runs/reproduce]")
+    r.add_argument(
+        "--reuse",
+        action="store_true",
+        help="read back seeds an earlier `run` finished with the same command instead of "
+        "running them again (run seeds in separate sittings, then join them)",
+    )
     g = sub.add_parser("report", help="rebuild docs/results.md from the results JSONs")
     g.add_argument("--results-dir", default=str(DEFAULT_RESULTS), help="[default: docs/results]")
     g.add_argument("--out", default=str(DEFAULT_REPORT), help="[default: docs/results.md]")
@@ -820,7 +850,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.cmd == "run":
         t = find_target(args.target)
         seeds = parse_seeds(args.seeds) if args.seeds else DEFAULT_SEEDS[args.scale]
-        doc = run_target(t, args.scale, seeds, Path(args.results_dir), Path(args.runs_dir), extra)
+        doc = run_target(
+            t, args.scale, seeds, Path(args.results_dir), Path(args.runs_dir), extra, args.reuse
+        )
         head = doc["headline"]
         print(f"\n{t.name} ({args.scale}, seeds {','.join(map(str, seeds))}): "
               f"{head['statistic']} {head['metric']} {pct(doc['mean'])} ± {pct(doc['std'])} %")

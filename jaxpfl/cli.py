@@ -39,7 +39,7 @@ import typing
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
-from jaxpfl.core.engine import STRATEGIES
+from jaxpfl.core.engine import CLIENT_STATES, STRATEGIES
 from jaxpfl.data.federate import PARTITIONS, POOLS
 from jaxpfl.errors import ConfigError, JaxpflError
 
@@ -680,6 +680,8 @@ class StrategyArgs:
         memory)
       step_block: steps per jitted call with --strategy sequential (none: 64 on CPU)
       unroll: scan unroll factor (jitted strategies)
+      client_state: where per-client state lives between rounds: device, host (only the rows
+        a call needs are moved) or auto (the device when the stack fits in half its memory)
     """
 
     strategy: str | None = dataclasses.field(
@@ -688,6 +690,9 @@ class StrategyArgs:
     chunk_size: int = dataclasses.field(default=8, metadata=NO_EFFECT)
     step_block: int | None = dataclasses.field(default=None, metadata=NO_EFFECT)
     unroll: int = dataclasses.field(default=1, metadata=NO_EFFECT)
+    client_state: str = dataclasses.field(
+        default="auto", metadata={**NO_EFFECT, "choices": tuple(CLIENT_STATES)}
+    )
 
     def __post_init__(self):
         for name in ("chunk_size", "step_block", "unroll"):
@@ -707,7 +712,8 @@ def strategy_from_args(args: StrategyArgs) -> Any:
     if name != "sequential" and args.step_block is None:
         block = None
     return Strategy(
-        name, chunk_size=args.chunk_size, exec=ExecOptions(unroll=args.unroll, step_block=block)
+        name, chunk_size=args.chunk_size, exec=ExecOptions(unroll=args.unroll, step_block=block),
+        client_state=args.client_state,
     )
 
 

@@ -33,6 +33,12 @@ from jaxpfl.core.engine import (
     place_rows,
 )
 from jaxpfl.core.evaluators import ClientEvaluator
+from jaxpfl.core.residency import (
+    HostRound,
+    client_state_bytes,
+    resolve_client_state,
+    to_host,
+)
 from jaxpfl.core.rounds import phase_plan, round_inputs, stage_groups
 from jaxpfl.core.tree import all_finite
 from jaxpfl.data.dataset import FederatedDataset
@@ -180,6 +186,8 @@ class _Checkpoints:
 
     def restore(self, t: int, like: State) -> State:
         def spec(a):  # onto like's placement: restores under any process / device count
+            if isinstance(a, np.ndarray):  # host-resident client state restores as NumPy
+                return a
             sharding = a.sharding if isinstance(a, jax.Array) else None
             return jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=sharding)
 
@@ -207,6 +215,15 @@ def _prepare_out(config: RunConfig) -> None:
     if distributed.is_main():
         os.makedirs(out, exist_ok=True)
     distributed.barrier("jaxpfl_out_ready")
+
+
+def _all_finite(tree: PyTree) -> bool:
+    """Every value finite: NumPy leaves (host-resident client state) checked on the host,
+    device leaves on the device."""
+    leaves = jax.tree.leaves(tree)
+    host = [a for a in leaves if isinstance(a, np.ndarray)]
+    dev = [a for a in leaves if not isinstance(a, np.ndarray)]
+    return all(bool(np.isfinite(a).all()) for a in host) and (not dev or bool(all_finite(dev)))
 
 
 def _round_means(out, m: int) -> dict[str, float]:
@@ -261,7 +278,12 @@ def run(
     if strategy.name == "sharded":  # the pool replicated once on the (global) mesh
         x, y = distributed.replicate((x, y), strategy.mesh())
     total = sum(p.rounds for p in phases)
-    rounds_fns = [make_round(p.algorithm, strategy) for p in phases]
+    w0 = init_params(K.derive(root, K.INIT, 0))
+    per_client = [client_state_bytes(p.algorithm, w0, dataset.num_clients) for p in phases]
+    placements = [resolve_client_state(strategy, p.algorithm, b, dataset.num_clients)
+                  for p, b in zip(phases, per_client)]
+    rounds_fns = [HostRound(p.algorithm, strategy) if where == "host"
+                  else make_round(p.algorithm, strategy) for p, where in zip(phases, placements)]
     ms = [clients_per_round(p.clients_per_round, len(train_pool)) for p in phases]
     splits = Splits.of(dataset)
     plans: dict[int, Any] = {}
@@ -288,14 +310,20 @@ def run(
             )
 
     def init_phase(i: int, params: PyTree) -> State:
-        state = phases[i].algorithm.init(K.derive(root, K.INIT, i + 1), params,
-                                         dataset.num_clients)
+        key = K.derive(root, K.INIT, i + 1)
+        if placements[i] == "host":  # built on the CPU: the [K] stack never touches the device
+            cpu = jax.devices("cpu")[0]
+            with jax.default_device(cpu):
+                state = phases[i].algorithm.init(jax.device_put(key, cpu),
+                                                 jax.device_put(params, cpu), dataset.num_clients)
+            server = jax.device_put(state.server, jax.devices()[0])
+            return State(jax.tree.map(jnp.copy, server), to_host(state.clients))
+        state = phases[i].algorithm.init(key, params, dataset.num_clients)
         state = jax.tree.map(jnp.copy, state)  # distinct buffers: the round donates its state
         if strategy.name == "sharded":  # replicated on the (global) mesh, as rounds return it
             state = distributed.replicate(state, strategy.mesh())
         return state
 
-    w0 = init_params(K.derive(root, K.INIT, 0))
     state = init_phase(0, w0)
     t0 = 0
     history: list[dict[str, Any]] = []
@@ -362,7 +390,7 @@ def run(
         round_s = time.perf_counter() - tic
         train_seconds += round_s
         bad = ~np.isfinite(loss)
-        if bad.any() or not bool(all_finite(alg.check_tree(state))):
+        if bad.any() or not _all_finite(alg.check_tree(state)):
             who = np.asarray(out.ids)[: len(ids)][bad].tolist() if bad.any() else "(server update)"
             raise RunError(
                 f"non-finite loss or parameters in round {t} ({phases[i].name}), clients {who}; "
@@ -394,6 +422,11 @@ def run(
     summary["train_seconds"] = train_seconds
     summary["rounds"] = total
     summary["strategy"] = dataclasses.asdict(strategy)
+    summary["client_state"] = {
+        p.name: {"placement": where, "bytes_per_client": b,
+                 "bytes_all_clients": b * dataset.num_clients}
+        for p, where, b in zip(phases, placements, per_client)
+    }
     if config.out and distributed.is_main():
         with open(os.path.join(config.out, "summary.json"), "w") as f:
             json.dump(summary, f, indent=2)

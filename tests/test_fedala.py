@@ -23,8 +23,10 @@ from jaxpfl.algorithms.fedala import (
 from jaxpfl.core import (
     Batch,
     ClientData,
+    HostRound,
     Schedule,
     Splits,
+    State,
     Strategy,
     derive,
     epoch_schedule,
@@ -38,6 +40,7 @@ from jaxpfl.core import (
     stage_groups,
 )
 from jaxpfl.core import keys as K
+from jaxpfl.core.residency import to_host
 from jaxpfl.errors import ConfigError
 from jaxpfl.models import get_model
 from jaxpfl.models.base import count_params, leaf_at
@@ -358,11 +361,17 @@ def run_reference(cfg=CFG):
     return ds, out
 
 
-def run_engine(strategy: Strategy, cfg=CFG, rounds=ROUNDS):
+def run_engine(strategy: Strategy, cfg=CFG, rounds=ROUNDS, host_chunk: int | None = None):
+    """The engine's rounds; with ``host_chunk``, the client state in host memory
+    (``HostRound``, the stage in chunks of that many rows)."""
     ds = toy_dataset(SIZES)
     alg = fedala(MODEL, cfg)
     state = alg.init(ROOT, _params(), ds.num_clients)
-    rnd = make_round(alg, strategy)
+    if host_chunk is None:
+        rnd = make_round(alg, strategy)
+    else:
+        rnd = HostRound(alg, strategy, stage_chunk=host_chunk)
+        state = State(state.server, to_host(state.clients))
     x, y = jnp.asarray(ds.x), jnp.asarray(ds.y)
     stage = stage_groups(ds, strategy) if alg.client_stage is not None else None
     plan = phase_plan(ds, [np.array(ids) for ids in rounds], strategy)  # one compilation
@@ -390,10 +399,25 @@ def test_reference_setting_is_meaningful(reference):
         assert rec["passes"] == [0, 1, 1, 1]
 
 
-@pytest.mark.parametrize("strategy", STRATEGIES, ids=lambda s: f"{s.name}-b{s.buckets}")
-def test_four_rounds_equal_the_numpy_loop(strategy, reference):
+HOST = [  # the eager loop, vmap, 8 fake devices (a chunk of 2 rows padded to 8)
+    (Strategy("sequential"), 3),
+    (Strategy("vmap", buckets=2), 1),
+    (Strategy("sharded", buckets=1), 2),
+]
+
+
+@pytest.mark.parametrize(
+    "strategy,host_chunk",
+    [(s, None) for s in STRATEGIES] + HOST,
+    ids=lambda v: v if isinstance(v, int) or v is None else f"{v.name}-b{v.buckets}",
+)
+def test_four_rounds_equal_the_numpy_loop(strategy, host_chunk, reference):
+    """Every strategy, and client state in host memory (HostRound: only the round's rows on
+    the device, the stage in chunks of 3 or 1 rows), against the NumPy loop."""
     ds, ref = reference
-    _, alg, state, out = run_engine(strategy)
+    _, alg, state, out = run_engine(strategy, host_chunk=host_chunk)
+    if host_chunk is not None:
+        assert isinstance(state.clients.theta["w1"], np.ndarray)
     for t, ((st, stage), want) in enumerate(zip(out, ref)):
         server, clients = st
         for p in want["w"]:
@@ -418,6 +442,14 @@ def test_four_rounds_equal_the_numpy_loop(strategy, reference):
         h = np.tanh(ds.x[q].reshape(len(q), -1) / 255.0 @ th["w1"] + th["b1"])
         hits = int((np.argmax(h @ th["w2"] + th["b2"], axis=1) == ds.y[q]).sum())
         assert int(counts.correct[k]) == hits
+
+
+def test_host_resident_state_is_bit_identical_to_device_resident():
+    """sequential: the same per-client computations, so the same bits; the host stack is
+    NumPy after every round."""
+    _, _, _, dev = run_engine(Strategy("sequential"))
+    _, _, _, host = run_engine(Strategy("sequential"), host_chunk=3)
+    jax.tree.map(np.testing.assert_array_equal, dev, host)
 
 
 def test_deterministic():

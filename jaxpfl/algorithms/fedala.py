@@ -287,15 +287,26 @@ def _features(model, layer: str, w, x, chunks):
     return jax.lax.map(lambda c: model.features(w, x[c], layer), chunks)
 
 
-def _feature_rows(model, layer: str, w, data: ClientData, sched: Schedule):
+def _feature_rows(model, layer: str, w, data: ClientData, sched: Schedule, n_s):
     """The ALA sample as features: row slot j holds the input of ``layer`` under w for sample
-    slot j (computed in chunks of 256), and the schedule reads slots 0..nb·B−1 in order."""
+    slot j (computed in chunks of 256), and the schedule reads slots 0..nb·B−1 in order.
+    Called eagerly (``sequential``), only the chunks holding the n_s real slots are computed
+    (one compiled chunk shape); the slots past them are zeros the schedule never marks valid.
+    Traced, every chunk of the padded width is computed."""
     pos = sched.positions[0]  # [nb, B], the same in every pass
     ids = data.idx[pos.reshape(-1)]
     total = ids.shape[0]
     padded = -(-total // _FEATURE_CHUNK) * _FEATURE_CHUNK
     chunks = jnp.pad(ids, (0, padded - total)).reshape(-1, _FEATURE_CHUNK)
-    feats = _features(model, layer, w, data.x, chunks)
+    if isinstance(n_s, jax.core.Tracer):
+        feats = _features(model, layer, w, data.x, chunks)
+    else:
+        need = max(1, -(-int(n_s) // _FEATURE_CHUNK))
+        real = [_features(model, layer, w, data.x, chunks[j : j + 1]) for j in range(need)]
+        feats = jnp.concatenate(real)
+        if need < chunks.shape[0]:
+            feats = jnp.concatenate(
+                [feats, jnp.zeros((chunks.shape[0] - need,) + feats.shape[1:], feats.dtype)])
     feats = feats.reshape((padded,) + feats.shape[2:])[:total]
     slots = jnp.arange(total, dtype=jnp.int32)
     rows = data.replace(idx=slots, n=jnp.asarray(total, jnp.int32), x=feats, y=data.y[ids])
@@ -325,7 +336,7 @@ def ala(model, config: FedALAConfig, w: PyTree, theta: PyTree, weights: tuple, s
         # Every tensor below the top set is w's, the same in every pass: the sample's features
         # at the first top layer are computed once, and the passes run the head alone on them.
         learner = _Head(model, paths[0][1])
-        data, sched = _feature_rows(model, learner.layer, w, data, sched)
+        data, sched = _feature_rows(model, learner.layer, w, data, sched, n_s)
     step, stop = _ala_loop(learner, float(config.eta), paths, config.num_pre_loss,
                            float(config.threshold))
     weights, st = local_steps(step, tuple(weights), consts, data, sched,

@@ -349,5 +349,5 @@ def fedora(
     return Algorithm(
         "fedora", init, client_update, server_update,
         personal_params=lambda s: s.clients.theta, finite=lambda s: s.clients.theta,
-        full_participation=True,
+        full_participation=True, server_reads_clients=True,
     )

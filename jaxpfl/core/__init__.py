@@ -3,14 +3,17 @@ size, evaluation."""
 
 from jaxpfl.core.buckets import BucketPlan, Rows, Splits, plan_buckets
 from jaxpfl.core.engine import (
+    CLIENT_STATES,
     STRATEGIES,
     Algorithm,
+    GroupStates,
     RoundInputs,
     RoundOutput,
     State,
     Strategy,
     default_strategy,
     make_round,
+    make_stage,
     map_clients,
     mapped,
     place_inputs,
@@ -19,6 +22,7 @@ from jaxpfl.core.engine import (
 from jaxpfl.core.evaluate import Counts, client_eval, evaluate_global, summarize
 from jaxpfl.core.evaluators import ClientEvaluator, evaluate_personal, personal_counts
 from jaxpfl.core.keys import derive
+from jaxpfl.core.residency import HostRound, client_state_bytes, resolve_client_state
 from jaxpfl.core.rounds import phase_plan, round_inputs, stage_groups
 from jaxpfl.core.schedule import Schedule, epoch_schedule, group_steps, stream_schedule
 from jaxpfl.core.train import (
@@ -36,6 +40,7 @@ from jaxpfl.core.train import (
 from jaxpfl.core.tree import weighted_mean
 
 __all__ = [
+    "CLIENT_STATES",
     "STRATEGIES",
     "Algorithm",
     "Batch",
@@ -44,6 +49,8 @@ __all__ = [
     "ClientEvaluator",
     "Counts",
     "ExecOptions",
+    "GroupStates",
+    "HostRound",
     "RoundInputs",
     "RoundOutput",
     "Rows",
@@ -54,6 +61,7 @@ __all__ = [
     "Strategy",
     "client_eval",
     "client_sgd",
+    "client_state_bytes",
     "default_strategy",
     "derive",
     "epoch_schedule",
@@ -64,6 +72,7 @@ __all__ = [
     "local_steps",
     "local_train",
     "make_round",
+    "make_stage",
     "map_clients",
     "mapped",
     "masked_cross_entropy",
@@ -72,6 +81,7 @@ __all__ = [
     "place_inputs",
     "place_rows",
     "plan_buckets",
+    "resolve_client_state",
     "round_inputs",
     "sgd_step",
     "stage_groups",

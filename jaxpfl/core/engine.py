@@ -37,6 +37,10 @@ Shapes and meanings:
   default: ``global_params(server)`` if defined, else the whole state.
 * ``full_participation`` (default False): the algorithm needs every training client in every
   round (FEDORA); the driver refuses a phase that samples fewer.
+* ``server_reads_clients`` (default False): ``server_update`` reads or writes
+  ``state.clients`` (FEDORA's mixing). Such an algorithm keeps its client state on the device;
+  every other one may keep it in host memory (``Strategy(client_state="host")``,
+  ``jaxpfl.core.residency``), where ``server_update`` sees the round's rows only.
 
 ``init`` must return a state whose leaves are distinct arrays (the jitted round donates the
 state; two leaves sharing one buffer cannot both be donated). The driver copies the initial
@@ -111,6 +115,7 @@ from jaxpfl.errors import ConfigError
 
 PyTree = Any
 STRATEGIES = ("vmap", "chunked", "sequential", "sharded")
+CLIENT_STATES = ("auto", "device", "host")
 
 
 class State(NamedTuple):
@@ -141,6 +146,7 @@ class Algorithm(NamedTuple):
     personal_params: Callable[[State], PyTree] | None = None
     finite: Callable[[State], PyTree] | None = None
     full_participation: bool = False
+    server_reads_clients: bool = False
 
     def check_tree(self, state: State) -> PyTree:
         """What the NaN guard checks (``finite``, else the global model, else everything)."""
@@ -155,13 +161,17 @@ class Algorithm(NamedTuple):
 class Strategy:
     """How clients are mapped (module docstring). ``chunk_size`` for ``chunked``,
     ``num_devices`` for ``sharded``, ``buckets``: at most this many size groups per mapped
-    call on the jitted strategies (1 = one group padded to the widest client)."""
+    call on the jitted strategies (1 = one group padded to the widest client).
+    ``client_state``: where the stacked per-client state lives between rounds: ``device``,
+    ``host`` (NumPy; only the rows a call needs are moved, ``jaxpfl.core.residency``) or
+    ``auto`` (the driver keeps it on the device when it fits)."""
 
     name: str = "vmap"
     chunk_size: int = 8
     exec: ExecOptions = ExecOptions()
     num_devices: int | None = None
     buckets: int = 6
+    client_state: str = "auto"
 
     def __post_init__(self):
         if self.name not in STRATEGIES:
@@ -172,6 +182,9 @@ class Strategy:
             raise ConfigError("chunk_size must be >= 1")
         if self.buckets < 1:
             raise ConfigError("buckets must be >= 1")
+        if self.client_state not in CLIENT_STATES:
+            raise ConfigError(f"unknown client_state '{self.client_state}'; choose one of: "
+                              f"{', '.join(CLIENT_STATES)}")
 
     @property
     def jitted(self) -> bool:
@@ -273,6 +286,15 @@ class RoundOutput(NamedTuple):
     seconds: dict = {}
 
 
+class GroupStates(NamedTuple):
+    """Client state already gathered per group: ``rows[i]`` is the ``[G_i, ...]`` state of
+    group i's rows (padding rows included). Passed as ``State.clients`` (or an evaluator's
+    stacked params) it replaces the gather from a ``[K, ...]`` stack, and the round returns
+    the groups' new rows the same way instead of scattering them (host-resident state)."""
+
+    rows: tuple
+
+
 class _PerClient(NamedTuple):
     rows: Rows
     state: PyTree
@@ -302,8 +324,11 @@ def map_groups(
 ) -> list[PyTree]:
     """``fn(shared, _PerClient)`` mapped over each group; returns one output per group."""
     outs = []
-    for g in groups:
-        cstate = None if clients is None else gather_rows(clients, g.ids)
+    for i, g in enumerate(groups):
+        if isinstance(clients, GroupStates):
+            cstate = clients.rows[i]
+        else:
+            cstate = None if clients is None else gather_rows(clients, g.ids)
         outs.append(map_clients(fn, shared, _PerClient(g, cstate, keys_of(g.ids)), strategy))
     return outs
 
@@ -315,6 +340,11 @@ def make_round(algorithm: Algorithm, strategy: Strategy) -> Callable:
     its stage randomness from ``derive(root, STAGE, t, k)``, so results do not depend on
     client order, grouping, strategy or device count. Jitted (state donated) unless the
     strategy is ``sequential``.
+
+    With ``State.clients`` a :class:`GroupStates` (the rows of ``inputs.groups``, gathered by
+    the caller), the round returns the groups' new rows as a GroupStates and leaves the
+    client stage to the caller (:func:`make_stage`): ``jaxpfl.core.residency`` does this for
+    client state kept in host memory.
     """
     server_update = algorithm.server_update
     stage_fn = algorithm.client_stage
@@ -326,10 +356,7 @@ def make_round(algorithm: Algorithm, strategy: Strategy) -> Callable:
         data = _client_data(pc.rows, x, y, t, strategy.exec)
         return algorithm.client_update(server, pc.state, data, pc.key)
 
-    def stage_client(shared, pc: _PerClient):
-        server, x, y, t = shared
-        data = _client_data(pc.rows, x, y, t, strategy.exec)
-        return stage_fn(server, pc.state, data, pc.key)
+    stage_client = _stage_client(algorithm, strategy)
 
     def round_fn(state: State, x, y, inputs: RoundInputs, t, root):
         tic = time.perf_counter()
@@ -340,7 +367,10 @@ def make_round(algorithm: Algorithm, strategy: Strategy) -> Callable:
             lambda ids: jax.vmap(lambda i: K.derive(root, K.DATA, t, i))(ids), strategy,
         )
         clients = state.clients
-        if clients is not None:
+        gathered = isinstance(clients, GroupStates)
+        if gathered:
+            clients = GroupStates(tuple(o[0] for o in outs))
+        elif clients is not None:
             for g, (new_c, _, _) in zip(inputs.groups, outs):
                 clients = _scatter(clients, g.ids, g.mask, new_c)
         perm = jnp.asarray(inputs.perm)
@@ -353,7 +383,7 @@ def make_round(algorithm: Algorithm, strategy: Strategy) -> Callable:
             jax.block_until_ready(state)
             seconds["clients"] = time.perf_counter() - tic
         stage_metrics: dict = {}
-        if stage_fn is not None:
+        if stage_fn is not None and not gathered:
             tic = time.perf_counter()
             if inputs.stage is None:
                 raise ValueError(f"{algorithm.name} has a client stage: build the round's "
@@ -374,6 +404,34 @@ def make_round(algorithm: Algorithm, strategy: Strategy) -> Callable:
         return state, RoundOutput(metrics, ids, mask, stage_metrics, seconds)
 
     return jax.jit(round_fn, donate_argnums=(0,)) if strategy.jitted else round_fn
+
+
+def _stage_client(algorithm: Algorithm, strategy: Strategy) -> Callable:
+    def stage_client(shared, pc: _PerClient):
+        server, x, y, t = shared
+        data = _client_data(pc.rows, x, y, t, strategy.exec)
+        return algorithm.client_stage(server, pc.state, data, pc.key)
+
+    return stage_client
+
+
+def make_stage(algorithm: Algorithm, strategy: Strategy) -> Callable:
+    """``stage(server, x, y, rows, client_rows, t, root) -> (client_rows, metrics)``: the
+    algorithm's client stage over ONE group of rows whose state ``client_rows`` the caller
+    gathered (the same per-client computation and keys as the stage inside
+    :func:`make_round`). Jitted unless the strategy is ``sequential``."""
+    if algorithm.client_stage is None:
+        raise ValueError(f"{algorithm.name} has no client stage")
+    stage_client = _stage_client(algorithm, strategy)
+
+    def stage(server, x, y, rows: Rows, client_rows, t, root):
+        (out,) = map_groups(
+            stage_client, (server, x, y, t), (rows,), GroupStates((client_rows,)),
+            lambda ids: jax.vmap(lambda i: K.derive(root, K.STAGE, t, i))(ids), strategy,
+        )
+        return out
+
+    return jax.jit(stage) if strategy.jitted else stage
 
 
 def _scatter_metrics(acc: dict, metrics: dict, g: Rows, k: int) -> dict:
@@ -404,14 +462,17 @@ def place_inputs(inputs: RoundInputs, strategy: Strategy) -> RoundInputs:
 
 
 __all__ = [
+    "CLIENT_STATES",
     "STRATEGIES",
     "Algorithm",
+    "GroupStates",
     "RoundInputs",
     "RoundOutput",
     "State",
     "Strategy",
     "default_strategy",
     "make_round",
+    "make_stage",
     "map_clients",
     "map_groups",
     "mapped",

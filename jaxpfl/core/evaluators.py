@@ -25,8 +25,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxpfl.core.buckets import Splits, make_rows, single_plan
-from jaxpfl.core.engine import Strategy, map_groups, place_rows
+from jaxpfl.core.engine import GroupStates, Strategy, map_groups, place_rows
 from jaxpfl.core.evaluate import Counts, client_eval
+from jaxpfl.core.residency import host_gather, is_host_tree, placer
 from jaxpfl.core.rounds import plan_for
 from jaxpfl.core.train import ClientData
 
@@ -91,6 +92,10 @@ class ClientEvaluator:
         for count in plan.counts:
             group_keys.append(keys[jnp.asarray(pos[start : start + count])])
             start += count
+        if self.stacked and is_host_tree(params):  # host-resident models: one group at a time
+            place = placer(self.strategy)
+            params = GroupStates(tuple(place(host_gather(params, np.asarray(g.ids)))
+                                       for g in groups))
         call = _call_jit if self.strategy.jitted else _call
         outs = call(self.fn, self.strategy, self.stacked, params, self.x, self.y, groups,
                     group_keys)
@@ -112,10 +117,14 @@ def _call(fn, strategy: Strategy, stacked: bool, params, x, y, groups, keys):
         return fn(pc.state if stacked else shared_params, data, pc.key)
 
     outs = []
-    for g, kg in zip(groups, keys):
+    for i, (g, kg) in enumerate(zip(groups, keys)):
+        if isinstance(params, GroupStates):
+            clients = GroupStates((params.rows[i],))
+        else:
+            clients = params if stacked else None
         outs += map_groups(
-            one, (None if stacked else params, x, y), (g,), params if stacked else None,
-            lambda ids, kg=kg: kg, strategy,
+            one, (None if stacked else params, x, y), (g,), clients, lambda ids, kg=kg: kg,
+            strategy,
         )
     return outs
 
