@@ -27,7 +27,8 @@ Two tables, every row measured in its own subprocess (so its peak host RSS is it
    10,000): K clients in the split, ``--pool-sampled`` of them per round, a personalized
    algorithm whose state every client keeps (FedALA: θ_k and W_k, run over ALL K in its
    stage), the client state on the device and in host memory (``client_state`` device /
-   host, ``jaxpfl.core.residency``) side by side; "resident MB" is K × state/client.
+   host, ``jaxpfl.core.residency``) side by side, strategy ``--pool-strategy`` (vmap);
+   "resident MB" is K × state/client.
 
 Algorithms: FedAvg and, when ``jaxpfl/algorithms/fedala.py`` imports, FedALA (per-client
 state θ_k, W_k and an all-client ALA stage after every server step).
@@ -195,7 +196,7 @@ def measure(job: Job) -> dict[str, Any]:
     if job.client_state == "host":  # built on the host, as the driver does
         with jax.default_device(jax.devices("cpu")[0]):
             state = alg.init(K.derive(root, K.INIT, 1), params, ds.num_clients)
-        state = State(state.server, to_host(state.clients))
+        state = State(state.server, to_host(state.clients, free=True))
     else:
         state = alg.init(K.derive(root, K.INIT, 1), params, ds.num_clients)
     x, y = jnp.asarray(ds.x), jnp.asarray(ds.y)
@@ -422,7 +423,8 @@ def jobs_for(args: argparse.Namespace, algorithms: list[str]) -> list[Job]:
     for k in args.pool_clients if personal else []:
         for where in args.pool_states:
             jobs.append(Job("pool", personal[0], min(args.pool_sampled, k), num_clients=k,
-                            client_state=where, **{**base, "data": args.pool_data}))
+                            client_state=where, strategy=args.pool_strategy,
+                            **{**base, "data": args.pool_data}))
     return jobs
 
 
@@ -463,6 +465,9 @@ def main(argv: list[str] | None = None) -> None:
                    choices=("device", "host"), help="client-state placements per pool row")
     p.add_argument("--pool-data", default="synthetic", choices=("fmnist", "synthetic"),
                    help="data of the resident-pools table")
+    p.add_argument("--pool-strategy", default="vmap",
+                   help="strategy of the resident-pools table (vmap: the stage over all K "
+                   "clients batched; sequential would run it one client at a time)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--timeout", type=float, default=1800, help="seconds per row")
     p.add_argument("--out", default="results/bench_scale")
@@ -509,8 +514,8 @@ def main(argv: list[str] | None = None) -> None:
     print(table(d_rows, "devices"))
     print(_splits_note(d_rows))
     if p_rows:
-        print("\n## Resident pools (one device, default strategy; client state on the device "
-              "vs in host memory)\n")
+        print(f"\n## Resident pools (one device, {args.pool_strategy}; client state on the "
+              "device vs in host memory)\n")
         print(table(p_rows, "pool"))
         print(_splits_note(p_rows))
     for n in notes:

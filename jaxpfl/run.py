@@ -317,7 +317,7 @@ def run(
                 state = phases[i].algorithm.init(jax.device_put(key, cpu),
                                                  jax.device_put(params, cpu), dataset.num_clients)
             server = jax.device_put(state.server, jax.devices()[0])
-            return State(jax.tree.map(jnp.copy, server), to_host(state.clients))
+            return State(jax.tree.map(jnp.copy, server), to_host(state.clients, free=True))
         state = phases[i].algorithm.init(key, params, dataset.num_clients)
         state = jax.tree.map(jnp.copy, state)  # distinct buffers: the round donates its state
         if strategy.name == "sharded":  # replicated on the (global) mesh, as rounds return it

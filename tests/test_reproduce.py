@@ -128,6 +128,32 @@ def test_run_writes_the_json_and_the_plot(smoke_run: tuple[Path, dict[str, Any]]
     assert doc["gaps"] == [] and doc["machine"]["backend"] == "cpu"
 
 
+def test_reuse_reads_back_a_seed_finished_by_the_same_command(
+    smoke_run: tuple[Path, dict[str, Any]], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """--reuse joins a seed an earlier `run` finished (nothing is run again), and a changed
+    command is not reused."""
+    results, doc = smoke_run
+    (seed,) = doc["per_seed"]
+    runs = (Path(doc["cwd"]) / seed["run_dir"]).parents[2]
+    data = doc["extra_args"][1]
+    argv = ["run", "fedavg:pfllib", "--scale", "smoke", "--seeds", "0", "--reuse",
+            "--results-dir", str(tmp_path), "--runs-dir", str(runs),
+            "--", "--data-dir", data, "--no-progress"]  # fmt: skip
+
+    def no_run(argv, out):
+        raise AssertionError(f"ran {argv} again")
+
+    monkeypatch.setattr(R, "run_seed", no_run)
+    assert R.main(argv) == 0
+    again = json.loads((tmp_path / "fedavg_pfllib_smoke.json").read_text())
+    assert again["per_seed"][0]["value"] == seed["value"]
+    assert again["per_seed"][0]["wall_seconds"] == seed["wall_seconds"]
+    assert again["commands"] == doc["commands"]
+    with pytest.raises(AssertionError, match="ran .* again"):  # another command: run again
+        R.main([*argv, "--rounds", "1"])
+
+
 def cells_of(markdown: str, preset: str, scale: str) -> list[str]:
     (row,) = [x for x in markdown.splitlines() if x.startswith(f"| {preset} | {scale} |")]
     return [c.strip() for c in re.split(r"(?<!\\)\|", row)[1:-1]]

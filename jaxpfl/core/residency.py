@@ -59,9 +59,17 @@ def is_host_tree(tree: PyTree) -> bool:
     return bool(leaves) and all(isinstance(a, np.ndarray) for a in leaves)
 
 
-def to_host(tree: PyTree) -> PyTree:
-    """A writable NumPy copy of every leaf."""
-    return jax.tree.map(lambda a: np.array(a), tree)
+def to_host(tree: PyTree, free: bool = False) -> PyTree:
+    """A writable NumPy copy of every leaf. ``free``: delete each device leaf as soon as it
+    is copied, so the peak is the host stack plus one leaf (not two whole stacks)."""
+    leaves, treedef = jax.tree.flatten(tree)
+    out = []
+    for i, a in enumerate(leaves):
+        out.append(np.array(a))
+        if free and isinstance(a, jax.Array):
+            a.delete()
+            leaves[i] = None
+    return jax.tree.unflatten(treedef, out)
 
 
 def host_gather(tree: PyTree, ids: np.ndarray) -> PyTree:
