@@ -489,6 +489,19 @@ def test_ala_on_selected_only():
 @pytest.mark.parametrize("start", [True, False], ids=["start-phase", "one-pass"])
 @pytest.mark.parametrize("traced", [False, True], ids=["eager", "jit"])
 def test_cached_features_equal_the_full_model(start, traced, monkeypatch):
+    _cached_vs_full(start, traced, monkeypatch)
+
+
+def test_eager_feature_pass_computes_only_the_real_chunks(monkeypatch):
+    """A padded row (width 50, n = 37: 29 sample examples in 40 slots) and chunks of 8: the
+    eager path computes 4 of the 5 chunks and zero-fills the last; the same result."""
+    import sys
+
+    monkeypatch.setattr(sys.modules[ala.__module__], "_FEATURE_CHUNK", 8)
+    _cached_vs_full(False, False, monkeypatch, width=50)
+
+
+def _cached_vs_full(start, traced, monkeypatch, width: int = 37):
     import sys
 
     fedala_module = sys.modules[ala.__module__]  # the package exports a function of that name
@@ -501,7 +514,7 @@ def test_cached_features_equal_the_full_model(start, traced, monkeypatch):
     theta = _perturbed(w, scale=0.05)
     paths = top_paths(model, 2)
     ones = tuple(jnp.ones_like(leaf_at(w, p)) for p in paths)
-    data = ClientData(jnp.arange(37, dtype=jnp.int32), jnp.int32(37), x, y)
+    data = ClientData(jnp.arange(width, dtype=jnp.int32), jnp.int32(37), x, y)
     cfg = FedALAConfig(eta=1.0, batch_size=5, max_start_passes=12, threshold=1e-4)
     outs = {}
     for cache in (False, True):
