@@ -208,6 +208,14 @@ def test_report_numbers_are_the_json_numbers(
     assert "1. fedavg:pfllib:cpu: a test explanation" in md
 
 
+def test_committed_report_is_what_the_committed_json_says() -> None:
+    """docs/results.md is exactly the report of docs/results/*.json (regenerate it with
+    `python experiments/reproduce.py report` after recording a result)."""
+    report = REPO / "docs" / "results.md"
+    text = R.render_report(REPO / "docs" / "results", report).rstrip("\n") + "\n"
+    assert report.read_text() == text, "docs/results.md is stale: run reproduce.py report"
+
+
 def test_report_on_no_results_shows_the_commands(tmp_path: Path) -> None:
     out = tmp_path / "r.md"
     assert R.main(["report", "--results-dir", str(tmp_path / "none"), "--out", str(out)]) == 0
