@@ -484,3 +484,8 @@ def test_experiment_script_smoke(tmp_path, capsys):
     with pytest.raises(SystemExit):
         mod.main(["--smoke", "--participation", "0.5", "--out", str(tmp_path / "x")])
     assert "full participation" in capsys.readouterr().err
+    with pytest.raises(SystemExit):  # its server step mixes every client's θ: device only
+        mod.main(["--smoke", "--client-state", "host", "--out", str(tmp_path / "y")])
+    err = capsys.readouterr().err
+    (line,) = [x for x in err.splitlines() if x.startswith("error:")]
+    assert line.endswith("stays on the device; drop --client-state host") and "Traceback" not in err
