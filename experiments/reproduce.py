@@ -92,7 +92,11 @@ CPU_SCALE: dict[str, CpuScale] = {
         "16 min, the setting of the 25-round PFLlib reference",
     ),
     "fedora:default": CpuScale({}, "the preset itself fits: 100 rounds ≈ 2 min"),
-    "fedora:rotated_fmnist": CpuScale({}, "the preset itself fits: 500 rounds ≈ 8-12 min"),
+    "fedora:rotated_fmnist": CpuScale(
+        dict(rounds=200),
+        "200 of the 500 rounds: each seed runs FEDORA and its two baselines (local-only, "
+        "FedAvg) on the same data, ≈ 3-5 min each",
+    ),
     "fedora:fedora_rotmnist": CpuScale({}, "the preset itself fits: as rotated_fmnist"),
     "fedora:fmnist_dir": CpuScale({}, "the preset itself fits: 50 rounds ≈ 8-10 min"),
     "per_fedavg:default": CpuScale({}, "the preset itself fits: 100 rounds ≈ 1 min"),
@@ -104,6 +108,9 @@ CPU_SCALE: dict[str, CpuScale] = {
         "≈ 35-39 min per seed (over the 30-minute budget, to match the reference's rounds)",
     ),
     "perfedavg:default": CpuScale({}, "the preset itself fits: 2.5 min"),
+    "perfedavg:fmnist_writers": CpuScale(
+        {}, "the preset itself fits: ≈ 12 min per seed on a shared 2-core CPU"
+    ),
     "perfedavg:jiang_emnist": CpuScale(
         dict(rounds=25, reptile_rounds=0),
         "≈ 40 s per FedAvg round at E 10, M 20 (the preset's estimate): 25 rounds ≈ 17 min plus "
@@ -130,6 +137,55 @@ REFERENCE_COLUMNS: dict[str, dict[str, tuple[str, str]]] = {
         "initial acc (%)": ("init_acc_mean", "final"),
         "personalized acc (%)": ("pers_acc_mean", "final"),
     },
+}
+
+class Headline(NamedTuple):
+    """The number reported as ours for a preset without a published reference:
+    ``summary[metric][statistic]`` (``history_metric``: the per-round entry the plot draws,
+    the first of ``|``-separated names a run records)."""
+
+    metric: str
+    statistic: str
+    history_metric: str
+    why: str
+
+
+#: script -> its headline when a preset has no published reference (else the fallback:
+#: best pers_acc_pooled / acc_pooled).
+HEADLINES: dict[str, Headline] = {
+    "fedora": Headline(
+        "val_selected", "acc_mean", "pers_acc_mean|acc_mean",
+        "the test acc_mean at the evaluation with the best mean validation accuracy (the "
+        "model a user would pick), the same entry for FEDORA, local-only and FedAvg",
+    ),
+    "perfedavg": Headline(
+        "pers_acc_mean", "final", "pers_acc_mean",
+        "the final personalized accuracy, mean over all held-out clients (the intermediate "
+        "evaluations sample a subset, so a best over rounds would mix sets)",
+    ),
+}
+
+
+class Baseline(NamedTuple):
+    """A baseline on the same data, for presets without a published number: either the same
+    script run again with ``flags`` (same seeds; its headline is read like ours), or a
+    ``metric`` (summary entry, statistic) of our own run."""
+
+    name: str
+    flags: tuple[str, ...] = ()
+    metric: tuple[str, str] | None = None
+
+
+#: ``script:preset`` -> its baselines (docs/results.md shows each beside ours).
+BASELINES: dict[str, tuple[Baseline, ...]] = {
+    "fedora:rotated_fmnist": (
+        Baseline("local-only", flags=("--baseline", "local")),
+        Baseline("FedAvg", flags=("--baseline", "fedavg")),
+    ),
+    "perfedavg:fmnist_writers": (
+        Baseline("FedAvg (the initial model, before personalization)",
+                 metric=("init_acc_mean", "final")),
+    ),
 }
 
 #: ``script:preset:scale`` -> why our mean differs from a comparable published number by more
@@ -294,6 +350,10 @@ def format_list() -> str:
             lines.append(f"  published: {ref.source}: {' / '.join(ref.columns)} {cells(ref)}")
         if not p.references:
             lines.append("  published: none")
+        for b in BASELINES.get(t.name, ()):
+            how = (f"the same command with {shlex.join(b.flags)}" if b.flags
+                   else f"{b.metric[1]} {b.metric[0]} of the same run")
+            lines.append(f"  baseline:  {b.name}: {how}")
         lines.append("")
     return "\n".join(lines).rstrip()
 
@@ -326,6 +386,11 @@ def headline_of(t: Target, summary: Mapping[str, Any]) -> dict[str, Any]:
             unit="%",
             chosen=f"the last column of the preset's first reference ({ref.source})",
         )
+    if t.script in HEADLINES:
+        h = HEADLINES[t.script]
+        return dict(column=None, metric=h.metric, statistic=h.statistic,
+                    history_metric=h.history_metric, unit="%",
+                    chosen=f"no published reference for this preset: {h.why}")
     metrics = [k for k, v in summary.items() if "acc" in k and isinstance(v, dict) and "best" in v]
     pick = next((k for k in ("pers_acc_pooled", "acc_pooled") if k in metrics), None)
     pick = pick or (metrics[0] if metrics else None)
@@ -474,10 +539,7 @@ def run_target(
     for seed in seeds:
         out = base / f"seed{seed}"
         argv = command(t, scale, seed, out, extra)
-        done = finished_seed(argv, out) if reuse else None
-        if done is not None:
-            print(f"reusing {shown_path(out)} (finished by the same command)", file=sys.stderr)
-        wall, lines = done if done is not None else run_seed(argv, out)
+        wall, lines = run_or_reuse(argv, out, reuse)
         summary = json.loads((out / "summary.json").read_text())
         summaries[seed] = summary
         histories[seed] = read_jsonl(out / "metrics.jsonl")
@@ -498,6 +560,12 @@ def run_target(
     for row in per_seed:
         row["value"] = value_of(summaries[row["seed"]], head["metric"], head["statistic"])
     mean, std = mean_std([row["value"] for row in per_seed])
+    baselines, baseline_histories = [], {}
+    for b in BASELINES.get(t.name, ()):
+        entry, hists = baseline_entry(t, b, scale, seeds, base, extra, reuse, head, summaries,
+                                      mean)
+        baselines.append(entry)
+        baseline_histories[b.name] = hists
     references, gaps = [], []
     for ref in t.preset.references:
         entry = reference_entry(t, ref, per_seed, summaries)
@@ -536,14 +604,74 @@ def run_target(
         references=references,
         gaps=gaps,
         has_published=bool(t.preset.references),
+        baselines=baselines,
         machine=machine_info(),
         plot=f"{stem}.png",
         created=datetime.datetime.now().isoformat(timespec="seconds"),
     )
     results_dir.mkdir(parents=True, exist_ok=True)
-    plot(doc, histories, results_dir / f"{stem}.png")
+    plot(doc, histories, results_dir / f"{stem}.png", baseline_histories)
     (results_dir / f"{stem}.json").write_text(json.dumps(doc, indent=2) + "\n")
     return doc
+
+
+def run_or_reuse(argv: list[str], out: Path, reuse: bool) -> tuple[float, list[str]]:
+    """(wall seconds, stdout lines): read back with ``reuse`` when finished, else run."""
+    done = finished_seed(argv, out) if reuse else None
+    if done is not None:
+        print(f"reusing {shown_path(out)} (finished by the same command)", file=sys.stderr)
+        return done
+    return run_seed(argv, out)
+
+
+def slug(text: str) -> str:
+    return re.sub(r"[^a-z0-9]+", "_", text.lower()).strip("_")
+
+
+def baseline_entry(
+    t: Target,
+    b: Baseline,
+    scale: str,
+    seeds: Sequence[int],
+    base: Path,
+    extra: Sequence[str],
+    reuse: bool,
+    head: Mapping[str, Any],
+    summaries: Mapping[int, Mapping[str, Any]],
+    ours: float | None,
+) -> tuple[dict[str, Any], list[list[dict[str, Any]]]]:
+    """One baseline over the same seeds: (its entry: headline per seed, mean ± std, ours − it;
+    its runs' histories, for the plot)."""
+    commands, walls, values, histories = [], [], [], []
+    for seed in seeds:
+        if b.metric is not None:
+            values.append(value_of(summaries[seed], *b.metric))
+            drawn = head.get("history_metric", head["metric"]).split("|")[0]
+            histories.append([{"round": r["round"], drawn: r[b.metric[0]]}
+                              for r in read_jsonl(base / f"seed{seed}" / "metrics.jsonl")
+                              if b.metric[0] in r])  # our run's own curve of that metric
+            continue
+        out = base / f"seed{seed}_{slug(b.name)}"
+        argv = command(t, scale, seed, out, [*b.flags, *extra])
+        wall, _ = run_or_reuse(argv, out, reuse)
+        summary = json.loads((out / "summary.json").read_text())
+        values.append(value_of(summary, head["metric"], head["statistic"]))
+        histories.append(read_jsonl(out / "metrics.jsonl"))
+        commands.append(shlex.join(argv))
+        walls.append(wall)
+    m, sd = mean_std(values)
+    return dict(
+        name=b.name,
+        flags=list(b.flags),
+        metric=(f"{b.metric[1]} {b.metric[0]} of our run" if b.metric
+                else f"{head['statistic']} {head['metric']}, as ours"),
+        per_seed=values,
+        mean=m,
+        std=sd,
+        ours_minus_baseline=None if m is None or ours is None else ours - m,
+        commands=commands,
+        wall_seconds_mean=sum(walls) / len(walls) if walls else None,
+    ), histories
 
 
 def reference_entry(
@@ -606,8 +734,22 @@ def machine_info() -> dict[str, Any]:
     return machine()
 
 
-def plot(doc: Mapping[str, Any], histories: Mapping[int, Sequence[Mapping]], path: Path) -> None:
-    """The headline metric per round, one line per seed; comparable published numbers dashed."""
+def curve(hist: Sequence[Mapping[str, Any]], head: Mapping[str, Any]) -> list[tuple]:
+    """(round, %) of the headline's per-round metric: the first ``history_metric`` name the
+    run recorded."""
+    names = head.get("history_metric", head["metric"]).split("|")
+    key = next((k for k in names if any(k in r for r in hist)), names[0])
+    return [(r["round"], 100 * r[key]) for r in hist if key in r]
+
+
+def plot(
+    doc: Mapping[str, Any],
+    histories: Mapping[int, Sequence[Mapping]],
+    path: Path,
+    baseline_histories: Mapping[str, Sequence[Sequence[Mapping]]] | None = None,
+) -> None:
+    """The headline metric per round, one line per seed; comparable published numbers dashed,
+    baselines run on the same data dotted (one line per seed)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -616,16 +758,22 @@ def plot(doc: Mapping[str, Any], histories: Mapping[int, Sequence[Mapping]], pat
     head = doc["headline"]
     fig, ax = plt.subplots(figsize=(6.4, 4.0))
     for seed, hist in histories.items():
-        pts = [(r["round"], 100 * r[head["metric"]]) for r in hist if head["metric"] in r]
+        pts = curve(hist, head)
         if pts:
             ax.plot(*zip(*pts), marker="." if len(pts) < 30 else None, label=f"seed {seed}")
+    for name, hists in (baseline_histories or {}).items():
+        for i, hist in enumerate(hists):
+            pts = curve(hist, head)
+            if pts:
+                ax.plot(*zip(*pts), ls=":", color="gray" if "local" in name else "black",
+                        lw=1, label=f"{name} (baseline)" if i == 0 else None)
     for g in doc["gaps"]:
         if g["column"] == head["column"]:
             ax.axhline(g["published"], ls="--", color="gray", lw=1)
             ax.annotate(f"published {g['published']:.2f}", (0, g["published"]), fontsize=7,
                         xytext=(2, 2), textcoords="offset points", color="gray")
     ax.set_xlabel("round")
-    ax.set_ylabel(f"{head['metric']} (%)")
+    ax.set_ylabel(f"{head.get('history_metric', head['metric']).replace('|', ' / ')} (%)")
     ax.set_title(f"{doc['script']}:{doc['preset']} ({doc['scale']}), "
                  f"{head['statistic']} {head['metric']} reported", fontsize=9)
     ax.grid(alpha=0.3)
@@ -677,9 +825,22 @@ def machine_text(m: Mapping[str, Any]) -> str:
     return f"{m.get('cpu', '?')} ({m.get('cpus', '?')} cores)"
 
 
+def baselines_text(doc: Mapping[str, Any]) -> str:
+    """The baselines on the same data: ``name mean ± std (ours − it: +d)``."""
+    parts = []
+    for b in doc.get("baselines", []):
+        nums = "n/a" if b["mean"] is None else f"{b['mean']:.2f} ± {b['std']:.2f}"
+        d = b["ours_minus_baseline"]
+        parts.append(f"{b['name']}: {nums}" + ("" if d is None else f" (ours − it: {d:+.2f})"))
+    return "<br>".join(parts)
+
+
 def published_text(doc: Mapping[str, Any]) -> str:
     if not doc["references"]:
-        return "none: no published number for this preset"
+        text = "none: no published number for this preset"
+        if doc.get("baselines"):
+            text += "; baselines on the same data, same seeds:<br>" + baselines_text(doc)
+        return text
     parts = []
     column = doc["headline"]["column"]
     for ref in doc["references"]:
@@ -699,7 +860,9 @@ def published_text(doc: Mapping[str, Any]) -> str:
 
 def gap_text(doc: Mapping[str, Any], notes: list[str]) -> str:
     if not doc["references"]:
-        return "no published number"
+        diffs = [f"{b['ours_minus_baseline']:+.2f} vs {b['name'].split(' (')[0]}"
+                 for b in doc.get("baselines", []) if b["ours_minus_baseline"] is not None]
+        return "no published number" + (": " + "<br>".join(diffs) if diffs else "")
     if not doc["gaps"]:
         return "not comparable"
     key = f"{doc['script']}:{doc['preset']}:{doc['scale']}"
@@ -863,6 +1026,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         for g in doc["gaps"]:
             print(f"  vs {g['source']}: published {g['published']:.2f}, gap "
                   f"{'n/a' if g['gap'] is None else format(g['gap'], '+.2f')} points")
+        for b in doc["baselines"]:
+            d = b["ours_minus_baseline"]
+            print(f"  baseline {b['name']}: {pct(b['mean'])} ± {pct(b['std'])} %, ours − it "
+                  f"{'n/a' if d is None else format(d, '+.2f')} points")
         stem = Path(args.results_dir) / f"{t.script}_{t.preset.name}_{args.scale}"
         print(f"wrote {stem}.json and {stem}.png", file=sys.stderr)
         return 0

@@ -95,7 +95,8 @@ def test_every_preset_runs_at_smoke_scale(tmp_path, capsys, script, preset):
         assert "| clients/round | E |" in stdout and "personalized acc" in stdout
         final = json.loads((out / "final.json").read_text())
         assert 0.0 <= final["init_acc_mean"] <= 1.0 and 0.0 <= final["pers_acc_mean"] <= 1.0
-        n_eval = {"default": 10, "jiang_emnist": 4, "kt_pfa_femnist": 2}[preset]
+        n_eval = {"default": 10, "fmnist_writers": 8, "jiang_emnist": 4,
+                  "kt_pfa_femnist": 2}[preset]
         assert final["init_n_clients"] == n_eval  # LEAF -t user: the test-file writers
     else:
         assert "| acc_pooled |" in stdout and 0.0 <= summary["acc_pooled"]["final"] <= 1.0

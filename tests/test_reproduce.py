@@ -208,6 +208,64 @@ def test_report_numbers_are_the_json_numbers(
     assert "1. fedavg:pfllib:cpu: a test explanation" in md
 
 
+def test_baselines_run_on_the_same_data_and_reach_the_report(tmp_path: Path) -> None:
+    """fedora:rotated_fmnist at smoke scale: FEDORA, then local-only and FedAvg with the same
+    seed (the script's --baseline), each one's headline read from its own summary.json."""
+    data = fashion_fixture(tmp_path)
+    results, runs = tmp_path / "results", tmp_path / "runs"
+    argv = ["run", "fedora:rotated_fmnist", "--scale", "smoke", "--seeds", "0",
+            "--results-dir", str(results), "--runs-dir", str(runs),
+            "--", "--data-dir", str(data), "--no-progress"]  # fmt: skip
+    assert R.main(argv) == 0
+    doc = json.loads((results / "fedora_rotated_fmnist_smoke.json").read_text())
+    head = doc["headline"]
+    assert (head["metric"], head["statistic"]) == ("val_selected", "acc_mean")
+    base = runs / "fedora_rotated_fmnist" / "smoke"
+
+    def selected(folder: str) -> float:
+        return 100 * json.loads((base / folder / "summary.json").read_text())["val_selected"][
+            "acc_mean"]
+
+    assert doc["per_seed"][0]["value"] == selected("seed0") == doc["mean"]
+    (local, fedavg) = doc["baselines"]
+    assert (local["name"], fedavg["name"]) == ("local-only", "FedAvg")
+    assert local["per_seed"] == [selected("seed0_local_only")]
+    assert fedavg["per_seed"] == [selected("seed0_fedavg")]
+    assert "--baseline local" in local["commands"][0]
+    assert "--baseline fedavg" in fedavg["commands"][0]
+    fedavg_summary = json.loads((base / "seed0_fedavg" / "summary.json").read_text())
+    assert "acc_mean" in fedavg_summary and "pers_acc_mean" not in fedavg_summary  # one model
+    for b in (local, fedavg):
+        assert b["ours_minus_baseline"] == pytest.approx(doc["mean"] - b["mean"])
+    out = tmp_path / "results.md"
+    assert R.main(["report", "--results-dir", str(results), "--out", str(out)]) == 0
+    c = cells_of(out.read_text(), "rotated_fmnist", "smoke")
+    assert c[2] == "acc_mean val_selected"
+    for b in (local, fedavg):
+        assert f"{b['name']}: {b['mean']:.2f} ± {b['std']:.2f}" in c[4]
+        assert f"{b['ours_minus_baseline']:+.2f} vs {b['name']}" in c[5]
+
+
+def test_a_metric_baseline_is_read_from_our_own_runs(tmp_path: Path) -> None:
+    """perfedavg:fmnist_writers: the FedAvg baseline is the initial accuracy of the same runs
+    (no extra run), per seed, with ours − it from the seeds' means."""
+    t = R.find_target("perfedavg:fmnist_writers")
+    (b,) = R.BASELINES[t.name]
+    summaries = {s: {"init_acc_mean": {"final": v}} for s, v in ((0, 0.80), (1, 0.84))}
+    for s in summaries:
+        (tmp_path / f"seed{s}").mkdir()
+        (tmp_path / f"seed{s}" / "metrics.jsonl").write_text(
+            json.dumps({"round": 0, "init_acc_mean": 0.1}) + "\n"
+            + json.dumps({"round": 5, "init_acc_mean": 0.8}) + "\n")
+    head = R.headline_of(t, {})
+    entry, hists = R.baseline_entry(t, b, "cpu", [0, 1], tmp_path, [], False, head, summaries,
+                                    90.0)
+    assert entry["per_seed"] == pytest.approx([80.0, 84.0]) and entry["commands"] == []
+    assert (entry["mean"], entry["std"]) == pytest.approx((82.0, 2.0))
+    assert entry["ours_minus_baseline"] == pytest.approx(8.0)
+    assert [R.curve(h, head) for h in hists] == [[(0, 10.0), (5, 80.0)]] * 2
+
+
 def test_committed_report_is_what_the_committed_json_says() -> None:
     """docs/results.md is exactly the report of docs/results/*.json (regenerate it with
     `python experiments/reproduce.py report` after recording a result)."""

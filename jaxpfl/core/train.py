@@ -261,12 +261,15 @@ def local_steps(
     if active is None:
         active = np.asarray(jnp.any(schedule.valid.reshape(num, -1), axis=-1))
     steps = np.flatnonzero(np.asarray(active))
-    ids = schedule.ids()
+    # The blocks' rows are cut on the host: an eager jnp gather compiles once per new shape,
+    # i.e. once per client size, which costs more than the client's training on a CPU.
+    host = _HostSchedule(np.asarray(data.idx), np.asarray(schedule.positions),
+                         np.asarray(schedule.valid), np.asarray(schedule.ids()))
     lp = _start(carry, num, stop is not None)
     ran = 0
     for start in range(0, len(steps), block):
         chosen = steps[start : start + block]
-        rows = _block_rows(data.idx, schedule.positions, schedule.valid, ids, chosen, block)
+        rows = _block_rows(host, chosen, block)
         lp = _block(step_fn, stop, lp, consts, data.x, data.y, rows, key,
                     jnp.asarray(len(chosen), jnp.int32), stop is not None)
         ran += len(chosen)
@@ -284,12 +287,25 @@ class _BlockRows(NamedTuple):
     step_ids: jax.Array
 
 
-def _block_rows(idx, positions, valid, ids, chosen: np.ndarray, block: int) -> _BlockRows:
+class _HostSchedule(NamedTuple):
+    """A client's index row and schedule as NumPy arrays (the eager path's host copy)."""
+
+    idx: np.ndarray
+    positions: np.ndarray
+    valid: np.ndarray
+    ids: np.ndarray
+
+
+def _block_rows(host: _HostSchedule, chosen: np.ndarray, block: int) -> _BlockRows:
     """The rows of schedule steps ``chosen`` (padded with its last step to ``block``: the
-    padding is never run)."""
-    sel = jnp.asarray(np.pad(chosen, (0, block - len(chosen)), mode="edge"), jnp.int32)
-    pos = positions[sel]
-    return _BlockRows(idx[pos].reshape(-1), valid[sel], ids[sel])
+    padding is never run), gathered in NumPy: the shapes that reach the device are fixed."""
+    sel = np.pad(chosen, (0, block - len(chosen)), mode="edge")
+    pos = host.positions[sel]
+    return _BlockRows(
+        jnp.asarray(host.idx[pos].reshape(-1), jnp.int32),
+        jnp.asarray(host.valid[sel]),
+        jnp.asarray(host.ids[sel], jnp.int32),
+    )
 
 
 class _Pool(NamedTuple):
