@@ -148,6 +148,7 @@ class Headline(NamedTuple):
     statistic: str
     history_metric: str
     why: str
+    label: str
 
 
 #: script -> its headline when a preset has no published reference (else the fallback:
@@ -157,11 +158,13 @@ HEADLINES: dict[str, Headline] = {
         "val_selected", "acc_mean", "pers_acc_mean|acc_mean",
         "the test acc_mean at the evaluation with the best mean validation accuracy (the "
         "model a user would pick), the same entry for FEDORA, local-only and FedAvg",
+        "test acc_mean at the best validation",
     ),
     "perfedavg": Headline(
         "pers_acc_mean", "final", "pers_acc_mean",
         "the final personalized accuracy, mean over all held-out clients (the intermediate "
         "evaluations sample a subset, so a best over rounds would mix sets)",
+        "final pers_acc_mean",
     ),
 }
 
@@ -389,7 +392,7 @@ def headline_of(t: Target, summary: Mapping[str, Any]) -> dict[str, Any]:
     if t.script in HEADLINES:
         h = HEADLINES[t.script]
         return dict(column=None, metric=h.metric, statistic=h.statistic,
-                    history_metric=h.history_metric, unit="%",
+                    history_metric=h.history_metric, label=h.label, unit="%",
                     chosen=f"no published reference for this preset: {h.why}")
     metrics = [k for k, v in summary.items() if "acc" in k and isinstance(v, dict) and "best" in v]
     pick = next((k for k in ("pers_acc_pooled", "acc_pooled") if k in metrics), None)
@@ -664,7 +667,7 @@ def baseline_entry(
         name=b.name,
         flags=list(b.flags),
         metric=(f"{b.metric[1]} {b.metric[0]} of our run" if b.metric
-                else f"{head['statistic']} {head['metric']}, as ours"),
+                else f"{label_of(head)}, as ours"),
         per_seed=values,
         mean=m,
         std=sd,
@@ -734,6 +737,11 @@ def machine_info() -> dict[str, Any]:
     return machine()
 
 
+def label_of(head: Mapping[str, Any]) -> str:
+    """The headline as read in the report: its ``label``, else ``statistic metric``."""
+    return head.get("label") or f"{head['statistic']} {head['metric']}"
+
+
 def curve(hist: Sequence[Mapping[str, Any]], head: Mapping[str, Any]) -> list[tuple]:
     """(round, %) of the headline's per-round metric: the first ``history_metric`` name the
     run recorded."""
@@ -775,7 +783,7 @@ def plot(
     ax.set_xlabel("round")
     ax.set_ylabel(f"{head.get('history_metric', head['metric']).replace('|', ' / ')} (%)")
     ax.set_title(f"{doc['script']}:{doc['preset']} ({doc['scale']}), "
-                 f"{head['statistic']} {head['metric']} reported", fontsize=9)
+                 f"{label_of(head)} reported", fontsize=9)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
@@ -946,7 +954,7 @@ def render_report(results_dir: Path, out: Path) -> str:
             row = [
                 d["preset"],
                 d["scale"],
-                f"{head['statistic']} {head['metric']}",
+                label_of(head),
                 ours,
                 published_text(d),
                 gap_text(d, notes),
@@ -1024,7 +1032,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
         head = doc["headline"]
         print(f"\n{t.name} ({args.scale}, seeds {','.join(map(str, seeds))}): "
-              f"{head['statistic']} {head['metric']} {pct(doc['mean'])} ± {pct(doc['std'])} %")
+              f"{label_of(head)} {pct(doc['mean'])} ± {pct(doc['std'])} %")
         for g in doc["gaps"]:
             print(f"  vs {g['source']}: published {g['published']:.2f}, gap "
                   f"{'n/a' if g['gap'] is None else format(g['gap'], '+.2f')} points")

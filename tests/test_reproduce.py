@@ -240,7 +240,7 @@ def test_baselines_run_on_the_same_data_and_reach_the_report(tmp_path: Path) -> 
     out = tmp_path / "results.md"
     assert R.main(["report", "--results-dir", str(results), "--out", str(out)]) == 0
     c = cells_of(out.read_text(), "rotated_fmnist", "smoke")
-    assert c[2] == "acc_mean val_selected"
+    assert c[2] == "test acc_mean at the best validation"
     for b in (local, fedavg):
         assert f"{b['name']}: {b['mean']:.2f} ± {b['std']:.2f}" in c[4]
         assert f"{b['ours_minus_baseline']:+.2f} vs {b['name']}" in c[5]
