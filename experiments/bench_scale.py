@@ -22,7 +22,14 @@ Two tables, every row measured in its own subprocess (so its peak host RSS is it
    (``--strong-clients``), *weak* scaling gives each device the same number of clients
    (``--weak-per-device``). Rows ``2p×d`` run 2 processes of d devices each on localhost
    (``jaxpfl.distributed``, loopback coordinator, gloo on CPU). Fake CPU devices share the
-   host's cores: this table shows the overhead of sharding there, not a speed-up.
+   host's cores: this table shows the overhead of sharding there, not a speed-up. Each row
+   runs with each ``--pool-layouts``: ``replicated`` (every device holds every example) and
+   ``per-device`` (each device only its own clients', ``jaxpfl.core.placement``); "pool
+   MB/device" is what one device holds.
+4. **Pool layouts** (``--layout-cost K:M ...``): the price of the per-device pool in
+   padding. For each device count > 1, the phase plan of 20 sampled rounds under both
+   layouts: rows, Σ rows × width (proportional to the compiled local steps) and the useful
+   share. Plans only: nothing is compiled.
 3. **Resident pools** (``--pool-clients``, default 3,400 (the FEMNIST writer count) and
    10,000): K clients in the split, ``--pool-sampled`` of them per round, a personalized
    algorithm whose state every client keeps (FedALA: θ_k and W_k, run over ALL K in its
@@ -84,6 +91,7 @@ class Job:
     buckets: int = 6  # Strategy.buckets of the jitted strategies
     num_clients: int = 0  # K clients in the split (0: K = M, every client in every round)
     client_state: str = "device"  # where the [K] client state lives: device or host
+    pool_layout: str = "replicated"  # sharded: every device holds all examples, or its own
     seed: int = 0
 
 
@@ -162,9 +170,47 @@ def _algorithm(name: str, model, batch_size: int):
     return fedala(model, FedALAConfig(batch_size=batch_size, client_lr=0.005))
 
 
+def layout_cost(job: Job) -> dict[str, Any]:
+    """The compiled work of one phase of ``LAYOUT_ROUNDS`` sampled rounds (M of K clients on
+    D devices) under both pool layouts: rows and Σ rows × width of the phase plan
+    (``phase_plan``; proportional to the compiled local steps), and the useful share
+    Σ n_k / Σ rows × width. Host-side plans only: nothing is compiled or run."""
+    import jax
+    import numpy as np
+
+    from jaxpfl.core.buckets import Splits
+    from jaxpfl.core.engine import Strategy
+    from jaxpfl.core.placement import ClientPlacement
+    from jaxpfl.core.rounds import phase_plan
+    from jaxpfl.run import sample_clients
+
+    raw, data_name = _raw(job)
+    ds, split = _split(raw, job.num_clients, job.seed)
+    splits = Splits.of(ds)
+    root = jax.random.key(job.seed)
+    pool = np.asarray(ds.train_clients, np.int64)
+    sel = [sample_clients(root, t, pool, job.clients) for t in range(LAYOUT_ROUNDS)]
+    useful = float(np.mean([splits.sizes("train")[s].sum() for s in sel]))
+    strategy = Strategy("sharded", num_devices=job.devices, buckets=job.buckets)
+    rep = phase_plan(splits, sel, strategy)
+    local = ClientPlacement.balanced(splits, job.devices).localize(splits)
+    aff = phase_plan(local, sel, strategy)
+    return {**dataclasses.asdict(job), "data": data_name, "split": split,
+            "num_clients": ds.num_clients, "rounds_in_phase": LAYOUT_ROUNDS,
+            "replicated_rows": rep.rows, "per_device_rows": aff.rows,
+            "replicated_cost": rep.cost(), "per_device_cost": aff.cost(),
+            "cost_ratio": aff.cost() / rep.cost(),
+            "replicated_useful": useful / rep.cost(), "per_device_useful": useful / aff.cost()}
+
+
+LAYOUT_ROUNDS = 20
+
+
 def measure(job: Job) -> dict[str, Any]:
     """Time ``job.rounds`` rounds of the driver's loop (sampling, phase plan, round inputs,
     placement, the compiled round, its outputs to the host), without evaluation."""
+    if job.table == "layout":
+        return layout_cost(job)
     from jaxpfl import distributed
 
     distributed.initialize(timeout_s=120)  # from the environment; one process: no-op
@@ -173,8 +219,8 @@ def measure(job: Job) -> dict[str, Any]:
     import numpy as np
 
     from jaxpfl.core import keys as K
-    from jaxpfl.core.buckets import Splits
     from jaxpfl.core.engine import State, Strategy, default_strategy, make_round, place_rows
+    from jaxpfl.core.placement import place_pool
     from jaxpfl.core.residency import HostRound, client_state_bytes, to_host
     from jaxpfl.core.rounds import phase_plan, round_inputs, stage_groups
     from jaxpfl.models import count_params, get_model
@@ -199,12 +245,20 @@ def measure(job: Job) -> dict[str, Any]:
         state = State(state.server, to_host(state.clients, free=True))
     else:
         state = alg.init(K.derive(root, K.INIT, 1), params, ds.num_clients)
-    x, y = jnp.asarray(ds.x), jnp.asarray(ds.y)
+    if strategy.name == "sharded":
+        strategy = dataclasses.replace(strategy, pool_layout=job.pool_layout)
+    tic = time.perf_counter()
+    pool_data = place_pool(ds, strategy)
+    x, y, splits = pool_data.x, pool_data.y, pool_data.splits
     if strategy.name == "sharded":
         mesh = strategy.mesh()
         state = distributed.replicate(state, mesh)
-        x, y = distributed.replicate((x, y), mesh)
-    splits = Splits.of(ds)
+        if not pool_data.per_device:
+            x, y = distributed.replicate((x, y), mesh)
+    jax.block_until_ready((x, y))
+    place_s = time.perf_counter() - tic
+    row_bytes = int(ds.x[:1].nbytes + ds.y[:1].nbytes)
+    pool_rows = pool_data.placement.pool_rows if pool_data.per_device else len(ds.y)
     pool = np.asarray(ds.train_clients, np.int64)
     m = min(job.clients, len(pool))
     sel = [sample_clients(root, t, pool, m) for t in range(job.rounds)]
@@ -241,6 +295,10 @@ def measure(job: Job) -> dict[str, Any]:
         "global_devices": jax.device_count(),
         "backend": jax.default_backend(),
         "setup_s": setup_s,
+        "pool_layout": strategy.pool_layout,
+        "pool_place_s": place_s,
+        "pool_mb_per_device": pool_rows * row_bytes / 2**20,
+        "pool_mb_all": len(ds.y) * row_bytes / 2**20,
         "round_seconds": seconds,
         "first_s": seconds[0],
         "round_s": round_s,
@@ -324,7 +382,8 @@ def _label(r: dict) -> str:
 
 def table(rows: list[dict], kind: str) -> str:
     lead_head = {"clients": ["clients/round"],
-                 "devices": ["devices", "scaling", "K", "clients/round"],
+                 "devices": ["devices", "scaling", "K", "clients/round", "pool layout",
+                             "pool MB/device"],
                  "pool": ["K resident", "clients/round", "client state"]}[kind]
     head = lead_head + [
         "algorithm", "strategy", "first s", "round s", "examples/s", "peak RSS MB",
@@ -335,7 +394,8 @@ def table(rows: list[dict], kind: str) -> str:
             lead = [str(r["clients"])]
         elif kind == "devices":
             lead = [_label(r), r["scaling"], str(r.get("num_clients") or r["clients"]),
-                    str(r["clients"])]
+                    str(r["clients"]), r.get("pool_layout", "replicated"),
+                    _fmt(r.get("pool_mb_per_device"), ",.1f")]
         else:
             lead = [str(r["num_clients"]), str(r["clients"]), r["client_state"]]
         if "error" in r:
@@ -348,6 +408,25 @@ def table(rows: list[dict], kind: str) -> str:
                 _fmt(r["device_peak_mb"], ",.0f"),
                 f"{r['state_bytes_per_client'] / 1024:,.1f}",
             ] + ([f"{r['resident_mb']:,.0f}"] if kind == "pool" else [])
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def layout_table(rows: list[dict]) -> str:
+    head = ["K", "clients/round", "devices", "rows replicated", "rows per-device",
+            "Σ rows×width replicated", "Σ rows×width per-device", "per-device / replicated",
+            "useful replicated", "useful per-device"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in rows:
+        if "error" in r:
+            cells = [str(r["num_clients"]), str(r["clients"]), str(r["devices"]),
+                     "error: " + r["error"]] + [""] * 6
+        else:
+            cells = [str(r["num_clients"]), str(r["clients"]), str(r["devices"]),
+                     str(r["replicated_rows"]), str(r["per_device_rows"]),
+                     f"{r['replicated_cost']:,}", f"{r['per_device_cost']:,}",
+                     f"{r['cost_ratio']:.2f}", f"{r['replicated_useful']:.2f}",
+                     f"{r['per_device_useful']:.2f}"]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -374,16 +453,20 @@ def plot(rows: list[dict], path: str) -> None:
                      if r["table"] == "clients" and r["algorithm"] == alg)
         if pts:
             axes[0].plot(*zip(*pts), marker="o", label=alg)
-        for scaling in ("strong", "weak"):
-            pts = sorted((r["devices"] * r["processes"], r["examples_per_s"]) for r in ok
-                         if r["table"] == "devices" and r["algorithm"] == alg
-                         and scaling in r["scaling"] and r["processes"] == 1)
+        for layout, style in (("replicated", "-"), ("per-device", "--")):
+            mine = [r for r in ok if r["table"] == "devices" and r["algorithm"] == alg
+                    and r.get("pool_layout", "replicated") == layout]
+            tag = "" if layout == "replicated" else " per-device pool"
+            for scaling in ("strong", "weak"):
+                pts = sorted((r["devices"] * r["processes"], r["examples_per_s"]) for r in mine
+                             if scaling in r["scaling"] and r["processes"] == 1)
+                if pts:
+                    axes[1].plot(*zip(*pts), style, marker="o", label=f"{alg} {scaling}{tag}")
+            pts = [(r["devices"] * r["processes"], r["examples_per_s"]) for r in mine
+                   if r["processes"] > 1]
             if pts:
-                axes[1].plot(*zip(*pts), marker="o", label=f"{alg} {scaling}")
-        pts = [(r["devices"] * r["processes"], r["examples_per_s"]) for r in ok
-               if r["table"] == "devices" and r["algorithm"] == alg and r["processes"] > 1]
-        if pts:
-            axes[1].scatter(*zip(*pts), marker="s", s=60, label=f"{alg} 2 processes")
+                axes[1].scatter(*zip(*pts), marker="s" if not tag else "D", s=60,
+                                label=f"{alg} 2 processes{tag}")
     axes[0].set(xscale="log", xlabel="clients per round (one device)",
                 ylabel="training examples / s", title="clients")
     axes[1].set(xlabel="devices in all (sharded)", ylabel="training examples / s", title="devices")
@@ -414,11 +497,16 @@ def jobs_for(args: argparse.Namespace, algorithms: list[str]) -> list[Job]:
                 if (a, d, m) in seen:
                     continue
                 seen.add((a, d, m))
-                jobs.append(Job("devices", a, m, d, 1, "sharded", scaling,
-                                num_clients=pool_k, **base))
+                jobs += [Job("devices", a, m, d, 1, "sharded", scaling, num_clients=pool_k,
+                             pool_layout=lay, **base) for lay in args.pool_layouts]
         for d in args.process_devices:
-            jobs.append(Job("devices", a, args.strong_clients, d, 2, "sharded", "strong",
-                            num_clients=pool_k, **base))
+            jobs += [Job("devices", a, args.strong_clients, d, 2, "sharded", "strong",
+                         num_clients=pool_k, pool_layout=lay, **base)
+                     for lay in args.pool_layouts]
+    for km in args.layout_cost:
+        k, m = (int(v) for v in km.split(":"))
+        jobs += [Job("layout", algorithms[0], m, d, num_clients=k, **base)
+                 for d in args.devices if d > 1]
     personal = [a for a in algorithms if a != "fedavg"]
     for k in args.pool_clients if personal else []:
         for where in args.pool_states:
@@ -448,6 +536,12 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--weak-per-device", type=int, default=25, help="0: no weak rows")
     p.add_argument("--device-pool-clients", type=int, default=0,
                    help="K of the devices table's split, M sampled per round (0: the largest M)")
+    p.add_argument("--pool-layouts", nargs="+", default=["replicated", "per-device"],
+                   choices=("replicated", "per-device"),
+                   help="pool layouts of the devices table's rows (sharded strategy)")
+    p.add_argument("--layout-cost", nargs="*", default=["200:100", "200:200", "3400:100",
+                                                          "3400:500"],
+                   help="K:M pairs of the pool-layout cost table (plans only, nothing runs)")
     p.add_argument("--algorithms", nargs="+", default=list(ALGORITHMS), choices=ALGORITHMS)
     p.add_argument("--device-algorithms", default="first", choices=("first", "all"),
                    help="the devices table for the first algorithm only, or for all")
@@ -479,6 +573,7 @@ def main(argv: list[str] | None = None) -> None:
         args.device_pool_clients = 32
         args.max_clients_personal = 20 if args.quick_personal else 0
         args.pool_clients = [200] if args.quick_personal else []
+        args.layout_cost = ["32:16"]
     algorithms = list(args.algorithms)
     fedala_ok, why = fedala_available()
     notes = []
@@ -492,8 +587,11 @@ def main(argv: list[str] | None = None) -> None:
     for job in jobs_for(args, algorithms):
         rows.append(launch(job, args.timeout))
         r = rows[-1]
-        status = r.get("error") or f"round {r['round_s']:.3f} s"
+        status = r.get("error") or (f"round {r['round_s']:.3f} s" if "round_s" in r
+                                    else f"per-device / replicated {r['cost_ratio']:.2f}")
         where = f" K={job.num_clients} {job.client_state}" if job.table == "pool" else ""
+        if job.table == "devices":
+            where = f" {job.pool_layout}"
         print(f"  {job.table}: {job.algorithm} M={job.clients} {job.processes}p×{job.devices}"
               f" {job.scaling}{where}: {status}", flush=True)
     total_s = time.perf_counter() - tic
@@ -503,6 +601,7 @@ def main(argv: list[str] | None = None) -> None:
     c_rows = [r for r in rows if r["table"] == "clients"]
     d_rows = [r for r in rows if r["table"] == "devices"]
     p_rows = [r for r in rows if r["table"] == "pool"]
+    l_rows = [r for r in rows if r["table"] == "layout"]
     first = next((r for r in rows if "error" not in r), {})
     print(f"\n## Clients per round (one device, default strategy)\n\nmodel {args.model}, "
           f"data {first.get('data', args.data)} ({first.get('train_examples', '?')} training "
@@ -513,6 +612,10 @@ def main(argv: list[str] | None = None) -> None:
     print("\n## Devices (sharded strategy; fake CPU devices share the host's cores)\n")
     print(table(d_rows, "devices"))
     print(_splits_note(d_rows))
+    if l_rows:
+        print(f"\n## Pool layouts: compiled work of a {LAYOUT_ROUNDS}-round phase (plans "
+              "only)\n")
+        print(layout_table(l_rows))
     if p_rows:
         print(f"\n## Resident pools (one device, {args.pool_strategy}; client state on the "
               "device vs in host memory)\n")

@@ -46,7 +46,14 @@ from jaxpfl.cli import (
     prepare_dir,
     strategy_from_args,
 )
-from jaxpfl.core import ClientEvaluator, Counts, Splits, evaluate_global, personal_counts, summarize
+from jaxpfl.core import (
+    ClientEvaluator,
+    Counts,
+    evaluate_clients,
+    personal_counts,
+    place_pool,
+    summarize,
+)
 from jaxpfl.data.store import save_partition
 from jaxpfl.errors import ConfigError
 from jaxpfl.models import MODELS, get_model
@@ -199,15 +206,15 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     model = get_model(exp.model, ds.input_shape, ds.num_classes)
     strategy = strategy_from_args(parsed[StrategyArgs])
     alg = fedala(model, cfg)
-    x, y = jnp.asarray(ds.x), jnp.asarray(ds.y)
-    pers_eval = ClientEvaluator(personal_counts(model), x, y, Splits.of(ds), strategy,
+    pool = place_pool(ds, strategy)
+    pers_eval = ClientEvaluator(personal_counts(model), pool.x, pool.y, pool.splits, strategy,
                                 stacked=True)
 
     def evaluate(state, t, final):
         pers = Counts(*pers_eval(alg.personal_params(state), clients))
         rec = summarize(pers, "pers_")
-        rec.update(summarize(evaluate_global(model, alg.global_params(state.server), x, y, test),
-                             "init_"))
+        rec.update(summarize(evaluate_clients(model, alg.global_params(state.server), pool,
+                                              clients, strategy), "init_"))
         rec["ala_passes"] = np.asarray(state.clients.passes)[clients].tolist()
         rec["ala_cap_hit"] = int(np.asarray(state.clients.cap_hit)[clients].sum())
         return rec
@@ -221,7 +228,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         return model.init(key, jnp.zeros((1,) + ds.input_shape, jnp.uint8))
 
     result = run([Phase("fedala", alg, exp.rounds, m)], ds, init_params, evaluate, rc,
-                 pool=(x, y))
+                 pool=pool)
     hist, s = result["history"], result["summary"]
     for rec in hist:
         if (v := trained_pooled(rec)) is not None:

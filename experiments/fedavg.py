@@ -41,7 +41,7 @@ from jaxpfl.cli import (
     prepare_dir,
     strategy_from_args,
 )
-from jaxpfl.core import evaluate_global, summarize
+from jaxpfl.core import evaluate_clients, evaluate_global, place_pool, summarize
 from jaxpfl.data.dataset import FederatedDataset
 from jaxpfl.data.store import save_partition
 from jaxpfl.errors import ConfigError
@@ -195,31 +195,35 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if len(ds.train_clients) == 0:
         raise ConfigError("every client is held out; lower --holdout-frac or --n-eval")
     m = parsed[Sampling].per_round(len(ds.train_clients))
-    test = check_evaluable(ds)
+    check_evaluable(ds)
     model = get_model(exp.model, ds.input_shape, ds.num_classes)
     alg = fedavg(model, cfg)
     phases = [Phase("fedavg", alg, exp.rounds, m)]
-    x, y = jnp.asarray(ds.x), jnp.asarray(ds.y)
     central = ds.meta.get("central_test")
     central_idx = [np.arange(*central)] if central else None
+    strategy = strategy_from_args(parsed[StrategyArgs])
+    if central_idx is not None and strategy.pool_layout == "per-device":
+        raise ConfigError("the central test set belongs to no client, so no device holds it "
+                          "with --pool-layout per-device; use --pool concat or separate")
+    pool = place_pool(ds, strategy)
 
     def evaluate(state, t, final):
         params = alg.global_params(state.server)
-        out = summarize(evaluate_global(model, params, x, y, test))
+        out = summarize(evaluate_clients(model, params, pool, ds.train_clients, strategy))
         if central_idx is not None:
-            out.update(summarize(evaluate_global(model, params, x, y, central_idx), "central_"))
+            out.update(summarize(evaluate_global(model, params, pool.x, pool.y, central_idx),
+                                 "central_"))
         return out
 
     text = parsed.config_text(
         partition_hash=ds.meta.get("hash"), labels_sha256=ds.meta.get("labels_sha256")
     )
-    strategy = strategy_from_args(parsed[StrategyArgs])
     rc = dataclasses.replace(rc, strategy=strategy, config_for_hash=text)
 
     def init_params(key):
         return model.init(key, jnp.zeros((1,) + ds.input_shape, jnp.uint8))
 
-    result = run(phases, ds, init_params, evaluate, rc, pool=(x, y))
+    result = run(phases, ds, init_params, evaluate, rc, pool=pool)
     hist, s = result["history"], result["summary"]
     keys = [k for k in ("acc_pooled", "acc_mean", "central_acc_pooled") if k in s]
     if rc.out:

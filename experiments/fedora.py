@@ -57,7 +57,7 @@ from jaxpfl.cli import (
     prepare_dir,
     strategy_from_args,
 )
-from jaxpfl.core import Splits, evaluate_global, evaluate_personal, summarize
+from jaxpfl.core import evaluate_clients, evaluate_personal, place_pool, summarize
 from jaxpfl.data.dataset import ClientIndex, FederatedDataset
 from jaxpfl.data.store import partition_hash, save_partition
 from jaxpfl.errors import ConfigError
@@ -287,8 +287,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     model = get_model(exp.model, ds.input_shape, ds.num_classes, normalize=normalize)
     alg = _algorithm(cfg, exp, model, ds)
     strategy = strategy_from_args(parsed[StrategyArgs])
-    x, y = jnp.asarray(ds.x), jnp.asarray(ds.y)
-    splits = Splits.of(ds)
+    pool = place_pool(ds, strategy)
+    x, y, splits = pool.x, pool.y, pool.splits
     is_global = exp.baseline == "fedavg"
     prefix = "" if is_global else "pers_"
     clock: dict[str, Any] = {"round": 0, "end": None}
@@ -297,9 +297,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         start = time.perf_counter()
         if is_global:
             w = alg.global_params(state.server)
-            rec = summarize(evaluate_global(model, w, x, y, [ds.test[k] for k in ids]))
+            rec = summarize(evaluate_clients(model, w, pool, ids, strategy))
             if has_val:
-                rec.update(summarize(evaluate_global(model, w, x, y, [ds.val[k] for k in ids]),
+                rec.update(summarize(evaluate_clients(model, w, pool, ids, strategy, "val"),
                                      "val_"))
         else:
             theta = state.clients.theta
@@ -325,7 +325,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     name = {"none": "FEDORA", "local": "local-only", "fedavg": "FedAvg"}[exp.baseline]
     phases = [Phase(alg.name, alg, exp.rounds, cfg.participation)]  # 1: every client, round
-    result = run(phases, ds, init_params, evaluate, rc, pool=(x, y))
+    result = run(phases, ds, init_params, evaluate, rc, pool=pool)
     hist, s = result["history"], result["summary"]
     sel = val_selected(hist, prefix)
     s["val_selected"] = sel

@@ -51,7 +51,7 @@ from jaxpfl.cli import (
     prepare_dir,
     strategy_from_args,
 )
-from jaxpfl.core import ClientEvaluator, Counts, Splits, derive, summarize
+from jaxpfl.core import ClientEvaluator, Counts, derive, place_pool, summarize
 from jaxpfl.core import keys as K
 from jaxpfl.data.store import save_partition
 from jaxpfl.errors import ConfigError
@@ -257,8 +257,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     model = get_model(exp.model, ds.input_shape, ds.num_classes)
     alg = per_fedavg(model, cfg)
     strategy = strategy_from_args(parsed[StrategyArgs])
-    x, y = jnp.asarray(ds.x), jnp.asarray(ds.y)
-    evaluator = ClientEvaluator(personalize(model, cfg), x, y, Splits.of(ds), strategy)
+    pool = place_pool(ds, strategy)
+    evaluator = ClientEvaluator(personalize(model, cfg), pool.x, pool.y, pool.splits, strategy)
     root = jax.random.key(rc.seed)
     clock: dict[str, Any] = {"round": 0, "end": None}
 
@@ -281,7 +281,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         return model.init(key, jnp.zeros((1,) + ds.input_shape, jnp.uint8))
 
     phases = [Phase(alg.name, alg, exp.rounds, m)]
-    result = run(phases, ds, init_params, evaluate, rc, pool=(x, y))
+    result = run(phases, ds, init_params, evaluate, rc, pool=pool)
     hist, s = result["history"], result["summary"]
     keys = ["init_acc_pooled", "pers_acc_pooled", "init_acc_mean", "pers_acc_mean"]
     if rc.out:

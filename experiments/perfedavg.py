@@ -56,7 +56,7 @@ from jaxpfl.cli import (
     prepare_dir,
     strategy_from_args,
 )
-from jaxpfl.core import Counts, derive, summarize
+from jaxpfl.core import ClientEvaluator, Counts, Pool, Splits, derive, place_pool, summarize
 from jaxpfl.core import keys as K
 from jaxpfl.data.dataset import FederatedDataset
 from jaxpfl.data.federate import support_query
@@ -352,19 +352,17 @@ def rounds_to_target(history: list[dict], key: str, target: float = 0.8) -> int 
 def personalization_evaluator(
     model: Model,
     cfg: PersonalizedFedAvgConfig,
-    x: jax.Array,
-    y: jax.Array,
+    pool: Pool,
+    clients: np.ndarray,
     support: list[np.ndarray],
     query: list[np.ndarray],
     strategy: Any,
 ) -> Callable:
-    """``(params, rows, keys) -> (init Counts, pers Counts [P])`` for the evaluation clients
-    (rows index ``support``/``query``). The one place that uses ``ClientEvaluator``."""
-    from jaxpfl.core.buckets import Splits
-    from jaxpfl.run import ClientEvaluator
-
-    splits = Splits.from_lists(train=support, test=query)
-    return ClientEvaluator(personalize(model, cfg), x, y, splits, strategy)
+    """``(params, rows, keys) -> (init Counts, pers Counts [P])`` for the evaluation
+    ``clients`` (rows index ``support``/``query``). The one place that uses
+    ``ClientEvaluator``."""
+    splits = pool.localize(Splits.from_lists(train=support, test=query), clients)
+    return ClientEvaluator(personalize(model, cfg), pool.x, pool.y, splits, strategy)
 
 
 def run_one(parsed: Parsed, ds: FederatedDataset, seed: int, out: str | None, m: int) -> dict:
@@ -378,8 +376,9 @@ def run_one(parsed: Parsed, ds: FederatedDataset, seed: int, out: str | None, m:
     phases = [Phase(name, alg, rounds, m) for name, alg, rounds in personalized_fedavg(model, cfg)]
     eval_clients = np.asarray(ds.eval_clients)
     support, query = support_query(ds, eval_clients, frac=data.train_frac, seed=seed)
-    x, y = jnp.asarray(ds.x), jnp.asarray(ds.y)
-    evaluator = personalization_evaluator(model, cfg, x, y, support, query, strategy)
+    pool = place_pool(ds, strategy)
+    evaluator = personalization_evaluator(model, cfg, pool, eval_clients, support, query,
+                                          strategy)
     root = jax.random.key(seed)
     n_sample = min(exp.n_eval_clients, len(eval_clients))
 
@@ -412,7 +411,7 @@ def run_one(parsed: Parsed, ds: FederatedDataset, seed: int, out: str | None, m:
         return model.init(key, jnp.zeros((1,) + ds.input_shape, jnp.uint8))
 
     tic = time.perf_counter()
-    result = run(phases, ds, init_params, evaluate, rc, pool=(x, y))
+    result = run(phases, ds, init_params, evaluate, rc, pool=pool)
     wall = time.perf_counter() - tic
     hist = result["history"]
     final = dict(hist[-1])

@@ -39,7 +39,7 @@ import typing
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
-from jaxpfl.core.engine import CLIENT_STATES, STRATEGIES
+from jaxpfl.core.engine import CLIENT_STATES, POOL_LAYOUTS, STRATEGIES
 from jaxpfl.data.federate import PARTITIONS, POOLS
 from jaxpfl.errors import ConfigError, JaxpflError
 
@@ -682,6 +682,9 @@ class StrategyArgs:
       unroll: scan unroll factor (jitted strategies)
       client_state: where per-client state lives between rounds: device, host (only the rows
         a call needs are moved) or auto (the device when the stack fits in half its memory)
+      pool_layout: the examples on the devices with --strategy sharded: replicated (every
+        device holds all) or per-device (each device holds only its own clients' examples,
+        each process loads only its devices' share)
     """
 
     strategy: str | None = dataclasses.field(
@@ -692,6 +695,9 @@ class StrategyArgs:
     unroll: int = dataclasses.field(default=1, metadata=NO_EFFECT)
     client_state: str = dataclasses.field(
         default="auto", metadata={**NO_EFFECT, "choices": tuple(CLIENT_STATES)}
+    )
+    pool_layout: str = dataclasses.field(
+        default="replicated", metadata={**NO_EFFECT, "choices": tuple(POOL_LAYOUTS)}
     )
 
     def __post_init__(self):
@@ -713,7 +719,7 @@ def strategy_from_args(args: StrategyArgs) -> Any:
         block = None
     return Strategy(
         name, chunk_size=args.chunk_size, exec=ExecOptions(unroll=args.unroll, step_block=block),
-        client_state=args.client_state,
+        client_state=args.client_state, pool_layout=args.pool_layout,
     )
 
 

@@ -26,6 +26,7 @@ from jaxpfl.core import keys as K
 from jaxpfl.core.buckets import Splits
 from jaxpfl.core.engine import (
     Algorithm,
+    PerDevice,
     State,
     Strategy,
     default_strategy,
@@ -33,6 +34,7 @@ from jaxpfl.core.engine import (
     place_rows,
 )
 from jaxpfl.core.evaluators import ClientEvaluator
+from jaxpfl.core.placement import Pool, place_pool
 from jaxpfl.core.residency import (
     HostRound,
     client_state_bytes,
@@ -249,14 +251,16 @@ def run(
     init_params: Callable[[jax.Array], PyTree],
     evaluate: EvalFn,
     config: RunConfig = RunConfig(),
-    pool: tuple[jax.Array, jax.Array] | None = None,
+    pool: Pool | tuple[jax.Array, jax.Array] | None = None,
 ) -> dict[str, Any]:
     """Run all phases; returns ``{"history": [...], "summary": {...}, "state": State}``.
 
     ``init_params(key)`` gives w_0; ``evaluate(state, t, final)`` returns metrics after t
     rounds (``final`` on the last call; a record with ``subsampled: True`` is logged but not
     used for ``best``). With ``config.out`` set, writes ``metrics.jsonl``, ``summary.json``
-    and checkpoints there. ``pool``: the dataset's (x, y) already on device. Every record
+    and checkpoints there. ``pool``: the dataset's (x, y) already on device, or a
+    :class:`~jaxpfl.core.placement.Pool` (``place_pool``: the one ``evaluate`` reads; needed
+    for ``pool_layout="per-device"``, built here when not given). Every record
     also holds the last round's client and stage metrics (``client_*``, ``stage_*``) and the
     useful-step share of the rounds since the previous record.
     """
@@ -274,9 +278,19 @@ def run(
     if distributed.is_multiprocess() and strategy.name != "sharded":
         raise ConfigError(f"{distributed.process_count()} processes need the sharded strategy "
                           f"(got '{strategy.name}'); use --strategy sharded")
-    x, y = pool if pool is not None else (jnp.asarray(dataset.x), jnp.asarray(dataset.y))
-    if strategy.name == "sharded":  # the pool replicated once on the (global) mesh
-        x, y = distributed.replicate((x, y), strategy.mesh())
+    if pool is None or strategy.pool_layout == "per-device" and not isinstance(pool, Pool):
+        pool = place_pool(dataset, strategy)
+    if isinstance(pool, Pool):
+        if pool.per_device and (strategy.pool_layout != "per-device"
+                                or pool.placement.devices != strategy.client_multiple):
+            raise ConfigError("a per-device pool needs the sharded strategy with "
+                              f"pool_layout='per-device' on {pool.placement.devices} devices")
+        x, y, splits = pool.x, pool.y, pool.splits
+    else:
+        x, y = pool
+        splits = Splits.of(dataset)
+    if strategy.name == "sharded" and not isinstance(x, PerDevice):
+        x, y = distributed.replicate((x, y), strategy.mesh())  # once, on the (global) mesh
     total = sum(p.rounds for p in phases)
     w0 = init_params(K.derive(root, K.INIT, 0))
     per_client = [client_state_bytes(p.algorithm, w0, dataset.num_clients) for p in phases]
@@ -285,7 +299,6 @@ def run(
     rounds_fns = [HostRound(p.algorithm, strategy) if where == "host"
                   else make_round(p.algorithm, strategy) for p, where in zip(phases, placements)]
     ms = [clients_per_round(p.clients_per_round, len(train_pool)) for p in phases]
-    splits = Splits.of(dataset)
     plans: dict[int, Any] = {}
     stage = None
     if any(p.algorithm.client_stage is not None for p in phases):

@@ -7,7 +7,9 @@ ckpt]``, run in order. Every process runs the same program; each writes
 ``out/p<process>.npz`` (the state it holds after the job) and process 0 ``out/info.json``.
 
 Modes: ``run`` (``rounds`` rounds of sharded FedAvg on the toy dataset through the driver,
-checkpoints in out/run; then the compile check), ``resume`` (continue the run directory
+checkpoints in out/run; then the compile check), ``local`` (the same run with the
+per-device pool: every device holds only its own clients' examples, and info.json records
+the example ids each process's loader was asked for), ``resume`` (continue the run directory
 ``ckpt`` to ``rounds`` rounds), ``restore`` (read the checkpoint of run directory ``ckpt``).
 The compile check: sampled rounds with other clients and sizes through one phase plan, the
 round's cache size after each; and the driver's compilations of its round
@@ -16,6 +18,7 @@ round's cache size after each; and the driver's compilations of its round
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -34,7 +37,15 @@ import numpy as np  # noqa: E402
 from toy import MODEL, toy_dataset  # noqa: E402
 
 from jaxpfl.algorithms.fedavg import FedAvgConfig, fedavg  # noqa: E402
-from jaxpfl.core import Strategy, evaluate_global, make_round, place_rows, summarize  # noqa: E402
+from jaxpfl.core import (  # noqa: E402
+    Strategy,
+    evaluate_global,
+    evaluate_model,
+    make_round,
+    place_pool,
+    place_rows,
+    summarize,
+)
 from jaxpfl.core.rounds import phase_plan, round_inputs  # noqa: E402
 from jaxpfl.run import Phase, RunConfig, _Checkpoints, run, sample_clients  # noqa: E402
 
@@ -62,16 +73,37 @@ class _Compiles(logging.Handler):
         self.count += record.getMessage().startswith("Compiling jit(round_fn)")
 
 
-def drive(out: str, rounds: int, resume: bool) -> dict:
+def drive(out: str, rounds: int, resume: bool, per_device: bool = False) -> dict:
+    """The driver's run; ``per_device``: each device holds only its own clients' examples,
+    and the result gets ``loaded``: the example ids this process's loader was asked for."""
     ds = toy_dataset()
-    x, y = jnp.asarray(ds.x), jnp.asarray(ds.y)
+    loaded: list[int] = []
+
+    def load(ids):
+        loaded.extend(int(i) for i in ids)
+        return ds.x[ids], ds.y[ids]
+
+    strategy = dataclasses.replace(STRATEGY, pool_layout="per-device") if per_device \
+        else STRATEGY
+    pool = place_pool(ds, strategy, load) if per_device else None
+    x, y = (pool.x, pool.y) if pool else (jnp.asarray(ds.x), jnp.asarray(ds.y))
 
     def evaluate(state, t, final):
+        if pool:
+            return summarize(evaluate_model(MODEL, state.server.params, x, y, pool.splits,
+                                            np.arange(ds.num_clients), strategy))
         return summarize(evaluate_global(MODEL, state.server.params, x, y, list(ds.test)))
 
-    rc = RunConfig(seed=3, out=out, resume=resume, progress=False, strategy=STRATEGY,
+    rc = RunConfig(seed=3, out=out, resume=resume, progress=False, strategy=strategy,
                    config_for_hash="distributed-test", checkpoint_every=1)
-    return run([Phase("fedavg", algorithm(), rounds, CLIENTS)], ds, init_params, evaluate, rc)
+    res = run([Phase("fedavg", algorithm(), rounds, CLIENTS)], ds, init_params, evaluate, rc,
+              pool=pool or (x, y))
+    if pool:
+        res["loaded"] = sorted(loaded)
+        res["owned"] = pool.placement.process_clients(strategy.mesh()).tolist()
+        res["pool_rows_here"] = sum(int(np.prod(s.data.shape[:2]))
+                                    for s in x.value.addressable_shards)
+    return res
 
 
 def save(out: str, state, info: dict) -> None:
@@ -82,6 +114,16 @@ def save(out: str, state, info: dict) -> None:
                     local_devices=jax.local_device_count())
         with open(os.path.join(out, "info.json"), "w") as f:
             json.dump(info, f)
+
+
+def every_process(values: list[int]) -> list[list[int]]:
+    """Each process's list of non-negative ints (< 4096 of them), on every process."""
+    from jax.experimental import multihost_utils
+
+    mine = np.full(4096, -1, np.int64)
+    mine[: len(values)] = values
+    rows = np.asarray(multihost_utils.process_allgather(mine)).reshape(-1, 4096)
+    return [[int(v) for v in row if v >= 0] for row in rows]
 
 
 def compile_check() -> dict:
@@ -115,6 +157,11 @@ def job(mode: str, out: str, rounds: int, ckpt: str | None) -> None:
         logging.getLogger("jax").removeHandler(compiles)
         info = {"history": res["history"], "driver_round_compiles": compiles.count}
         save(out, res["state"], {**info, **compile_check()})
+    elif mode == "local":  # the per-device pool: each process loads its own clients only
+        res = drive(os.path.join(out, "run"), rounds, resume=False, per_device=True)
+        info = {"history": res["history"], "pool_rows": every_process([res["pool_rows_here"]]),
+                "loaded": every_process(res["loaded"]), "owned": every_process(res["owned"])}
+        save(out, res["state"], info)
     elif mode == "resume":
         run_dir = os.path.join(out, "run")
         if distributed.is_main():

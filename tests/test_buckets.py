@@ -136,3 +136,108 @@ def test_phase_plan_fits_every_sampled_round_and_compiles_once():
         inputs = place_inputs(round_inputs(ds, s, strategy, plan), strategy)
         state, _ = rnd(state, x, y, inputs, jnp.int32(t), ROOT)
     assert rnd._cache_size() == 1
+
+
+# ---- device-affine layout (per-device pools) ------------------------------------------------
+
+
+def _placed(sizes=(1, 7, 10, 13, 23, 40, 3, 5, 18), devices=4):
+    from jaxpfl.core.placement import ClientPlacement
+
+    ds = toy_dataset(sizes=sizes)
+    splits = Splits.of(ds)
+    placement = ClientPlacement.balanced(splits, devices)
+    return ds, splits, placement, placement.localize(splits)
+
+
+def test_placement_is_balanced_by_examples_and_owns_every_example_once():
+    ds, splits, placement, _ = _placed()
+    total = splits.sizes("train") + splits.sizes("test")
+    load = np.bincount(placement.owner, weights=total, minlength=4)
+    # greedy largest-first: no device exceeds the mean by more than the largest client
+    assert load.max() - load.mean() <= total.max()
+    held = np.concatenate(placement.examples)
+    assert len(held) == len(np.unique(held)) == int(total.sum())
+    for d, ex in enumerate(placement.examples):
+        mine = np.flatnonzero(placement.owner == d)
+        want = np.concatenate([ds.train[k] for k in mine] + [ds.test[k] for k in mine])
+        np.testing.assert_array_equal(ex, np.sort(want))
+
+
+def test_localized_rows_read_the_same_examples_from_the_owner_pool():
+    ds, splits, placement, local = _placed()
+    for k in range(ds.num_clients):
+        pool = placement.examples[placement.owner[k]]
+        for split in ("train", "test"):
+            np.testing.assert_array_equal(pool[getattr(local, split)[k]],
+                                          getattr(splits, split)[k])  # same examples, same order
+
+
+def test_affine_rows_put_each_client_in_its_owner_block_and_order_restores_it():
+    from jaxpfl.core.buckets import affine_envelope, fits_clients
+    from jaxpfl.core.engine import Strategy
+    from jaxpfl.core.rounds import plan_clients, round_inputs
+
+    ds, splits, placement, local = _placed()
+    strategy = Strategy("sharded", num_devices=4, buckets=3)
+    rng = np.random.default_rng(0)
+    selections = [rng.choice(ds.num_clients, 5, replace=False) for _ in range(6)]
+    plan = plan_clients(local, selections, strategy)
+    assert plan.devices == 4
+    for ids in selections:
+        assert fits_clients(plan, local, ids)
+        inputs = round_inputs(local, ids, strategy, plan)
+        seen = []
+        for g, rows in zip(inputs.groups, plan.group_rows):
+            assert len(g.ids) == rows and rows % 4 == 0
+            for d, block in enumerate(np.split(np.arange(rows), 4)):
+                real = block[g.mask[block] > 0]
+                assert all(placement.owner[g.ids[r]] == d for r in real)
+                seen += g.ids[real].tolist()
+                for r in real:  # the row's width fits, its indices are the client's local ones
+                    n = g.train_n[r]
+                    np.testing.assert_array_equal(g.train_idx[r, :n], local.train[g.ids[r]])
+        assert sorted(seen) == sorted(ids.tolist())
+        cat = np.concatenate([g.ids for g in inputs.groups])
+        np.testing.assert_array_equal(cat[inputs.perm[: len(ids)]], ids)  # sampled order
+    # the envelope: per round and device, sorted sizes right-aligned; the slot-wise max
+    lists = [sorted(splits.sizes("train")[[k for k in ids if placement.owner[k] == d]])
+             for ids in selections for d in range(4)]
+    m = max(map(len, lists))
+    want = np.max([[0] * (m - len(v)) + list(v) for v in lists], axis=0)
+    np.testing.assert_array_equal(affine_envelope(local, selections), want)
+    # one slot per device: one client per device fits, two on one device do not
+    one_each = np.array([np.flatnonzero(placement.owner == d)[0] for d in range(4)])
+    single = plan_clients(local, [one_each], strategy)
+    assert sum(single.slots) == 1 and fits_clients(single, local, one_each)
+    busy = int(np.argmax(np.bincount(placement.owner)))
+    assert not fits_clients(single, local, np.flatnonzero(placement.owner == busy)[:2])
+
+
+def test_localize_rejects_examples_outside_the_owner_pool():
+    from jaxpfl.core.placement import ClientPlacement
+
+    ds = toy_dataset()
+    splits = Splits.of(ds)
+    placement = ClientPlacement.balanced(splits, 2)
+    other = int(np.flatnonzero(placement.owner != placement.owner[0])[0])
+    wrong = Splits.from_lists(train=[splits.train[other]] + [splits.train[k] for k in range(1, 6)])
+    with pytest.raises(ValueError, match="outside its device's pool"):
+        placement.localize(wrong)
+
+
+def test_a_per_device_pool_is_read_only_through_localized_splits():
+    from jaxpfl.core import ClientEvaluator, personal_counts
+    from jaxpfl.core.engine import Strategy
+    from jaxpfl.core.placement import array_loader
+
+    ds, splits, placement, local = _placed(devices=2)
+    strategy = Strategy("sharded", num_devices=2, pool_layout="per-device")
+    x, y = placement.pool(array_loader(ds.x, ds.y), strategy.mesh())
+    assert x.value.shape[:2] == (2, placement.pool_rows)
+    with pytest.raises(ValueError, match="localized"):
+        ClientEvaluator(personal_counts(MODEL), x, y, splits, strategy)  # global indices
+    with pytest.raises(ValueError, match="localized"):
+        ClientEvaluator(personal_counts(MODEL), jnp.asarray(ds.x), jnp.asarray(ds.y), local,
+                        strategy)
+    ClientEvaluator(personal_counts(MODEL), x, y, local, strategy)

@@ -38,6 +38,7 @@ from jaxpfl.core import (
     weighted_mean,
 )
 from jaxpfl.core import keys as K
+from jaxpfl.core.placement import ClientPlacement, array_loader
 from jaxpfl.core.tree import broadcast_clients, lerp
 from jaxpfl.data.dataset import ClientIndex
 
@@ -122,20 +123,29 @@ def _params():
     return MODEL.init(jax.random.key(1), jnp.zeros((1, 4, 4, 1), jnp.uint8))
 
 
-def run_engine(strategy: Strategy):
+def run_engine(strategy: Strategy, per_device_pool: bool = False):
+    """The three rounds and the personal evaluation through the engine; with
+    ``per_device_pool`` every device holds only its own clients' examples
+    (``ClientPlacement``: device-affine rows into a [D, N_max] pool)."""
     ds = _dataset()
     alg = toy_algorithm()
     state = alg.init(ROOT, _params(), ds.num_clients)
     rnd = make_round(alg, strategy)
+    splits = Splits.of(ds)
     x, y = jnp.asarray(ds.x), jnp.asarray(ds.y)
-    stage = stage_groups(ds, strategy)
+    if per_device_pool:
+        placement = ClientPlacement.balanced(splits, strategy.client_multiple)
+        splits = placement.localize(splits)
+        x, y = placement.pool(array_loader(ds.x, ds.y), strategy.mesh())
+    stage = stage_groups(splits, strategy)
     outs = []
     for t, ids in enumerate(ROUNDS):
-        inputs = place_inputs(round_inputs(ds, np.array(ids), strategy, stage=stage), strategy)
+        inputs = place_inputs(round_inputs(splits, np.array(ids), strategy, stage=stage),
+                              strategy)
         state, out = rnd(state, x, y, inputs, jnp.int32(t), ROOT)
         outs.append(jax.tree.map(np.asarray, out))
     counts = evaluate_personal(
-        MODEL, state.clients.theta, x, y, Splits.of(ds), np.arange(ds.num_clients), strategy
+        MODEL, state.clients.theta, x, y, splits, np.arange(ds.num_clients), strategy
     )
     return ds, state, outs, counts
 
@@ -184,10 +194,19 @@ def reference():
     return run_reference()
 
 
-@pytest.mark.parametrize("strategy", STRATEGIES, ids=lambda s: f"{s.name}-b{s.buckets}")
-def test_toy_contract_equals_numpy_loop(strategy, reference):
+CASES = [(s, False) for s in STRATEGIES] + [
+    (Strategy("sharded"), True),  # 8 devices, 6 clients: two devices own none
+    (Strategy("sharded", num_devices=4, buckets=3), True),
+]
+
+
+@pytest.mark.parametrize(
+    "strategy,per_device_pool", CASES,
+    ids=lambda c: c if isinstance(c, bool) else f"{c.name}{c.num_devices or ''}-b{c.buckets}",
+)
+def test_toy_contract_equals_numpy_loop(strategy, per_device_pool, reference):
     w_ref, theta_ref, outs_ref, hits_ref = reference
-    ds, state, outs, counts = run_engine(strategy)
+    ds, state, outs, counts = run_engine(strategy, per_device_pool)
     for p in w_ref:
         np.testing.assert_allclose(np.asarray(state.server["w"][p]), w_ref[p], atol=1e-5)
         for k in range(ds.num_clients):

@@ -22,6 +22,7 @@ import numpy as np
 import pytest
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
+from toy import toy_dataset
 
 from jaxpfl import distributed
 from jaxpfl.errors import ConfigError
@@ -93,7 +94,8 @@ def runs(tmp_path_factory):
     the 2-process checkpoint, 4 rounds uninterrupted); 2 processes resuming the 1-process
     checkpoint to 4 rounds."""
     d = tmp_path_factory.mktemp("cluster")
-    _launch([["run", str(d / "two"), 2, None]], 2, 2, d / "logs_two")
+    _launch([["run", str(d / "two"), 2, None], ["local", str(d / "two_local"), 2, None]], 2, 2,
+            d / "logs_two")
     _launch([
         ["run", str(d / "one"), 2, None],
         ["restore", str(d / "one_restores_two"), 0, str(d / "two" / "run")],
@@ -121,6 +123,30 @@ def test_two_processes_equal_one_process(runs):
         assert a.keys() == b.keys()
         np.testing.assert_allclose([a[k] for k in a if k != "phase"],
                                    [b[k] for k in a if k != "phase"], atol=1e-6)
+
+
+def test_per_device_pool_loads_each_process_its_own_clients_and_equals_one_process(runs):
+    """--pool-layout per-device on 2 processes: each process loads only the examples of the
+    clients its devices own (disjoint, together every client's), and the run equals the
+    1-process run with the replicated pool (parameters and every evaluation)."""
+    info = _info(runs / "two_local")
+    ds = toy_dataset()
+    examples = [np.concatenate([ds.train[k], ds.test[k]]) for k in range(ds.num_clients)]
+    owned, loaded = info["owned"], info["loaded"]
+    assert len(owned) == 2 and all(owned) and not set(owned[0]) & set(owned[1])
+    assert sorted(owned[0] + owned[1]) == list(range(ds.num_clients))
+    for clients, ids in zip(owned, loaded):
+        assert ids == sorted(np.concatenate([examples[k] for k in clients]).tolist())
+    total = sum(len(e) for e in examples)
+    assert all(len(ids) < total for ids in loaded)  # neither process read the whole pool
+    two = _state(runs / "two_local")
+    _close(two, _state(runs / "two_local", 1), atol=0)
+    _close(two, _state(runs / "one"))
+    ref = [{k: v for k, v in r.items() if k.startswith("acc") or k == "client_train_loss"}
+           for r in _info(runs / "one")["history"]]
+    hist = [{k: r[k] for k in b} for r, b in zip(info["history"], ref)]
+    for a, b in zip(hist, ref):
+        np.testing.assert_allclose(list(a.values()), list(b.values()), atol=1e-6)
 
 
 def test_only_process_zero_writes(runs):

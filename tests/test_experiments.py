@@ -178,3 +178,35 @@ def test_every_personalized_preset_runs_at_smoke_scale(tmp_path, capsys, script,
     assert records[0]["round"] == 0 and records[-1]["round"] > 0
     assert json.loads((out / "summary.json").read_text())["rounds"] == records[-1]["round"]
     assert "published (" not in stdout  # a smoke run is never a published setting
+
+
+POOL_SCRIPTS = [  # one round (compilation dominates): every script's pool wiring
+    ("fedavg", "default", ["--rounds", "1"]),
+    ("perfedavg", "default", ["--rounds", "1", "--reptile-rounds", "0"]),
+    ("per_fedavg", "pfllib", ["--rounds", "1"]),
+    ("fedala", "pfllib", ["--rounds", "1"]),
+    ("fedora", "rotated_fmnist", ["--rounds", "1"]),
+]
+
+
+@pytest.mark.parametrize("script,preset,shrink", POOL_SCRIPTS, ids=[s for s, *_ in POOL_SCRIPTS])
+def test_per_device_pool_equals_the_replicated_pool(tmp_path, capsys, script, preset, shrink):
+    """Every script with ``--strategy sharded --pool-layout per-device`` (each of the 8 fake
+    devices holds only its own clients' examples; its training, stage and evaluations run
+    device-affine) logs the same metrics as with the replicated pool."""
+    mod = load_script(script)
+    data = fixture_args(mod.CLI.preset_values(preset)["dataset"], tmp_path)
+    runs = []
+    for layout in ("replicated", "per-device"):
+        out = tmp_path / layout
+        mod.main(["--preset", preset, "--smoke", "--no-progress", "--out", str(out),
+                  "--strategy", "sharded", "--pool-layout", layout, *shrink, *data])
+        capsys.readouterr()
+        runs.append([json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()])
+    rep, per = runs
+    assert [r["round"] for r in rep] == [r["round"] for r in per]
+    keys = [k for k in rep[-1] if "acc" in k and isinstance(rep[-1][k], float)]
+    assert keys
+    for a, b in zip(rep, per):
+        np.testing.assert_allclose([a[k] for k in keys if k in a],
+                                   [b[k] for k in keys if k in a], atol=1e-6)

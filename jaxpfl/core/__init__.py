@@ -4,9 +4,11 @@ size, evaluation."""
 from jaxpfl.core.buckets import BucketPlan, Rows, Splits, plan_buckets
 from jaxpfl.core.engine import (
     CLIENT_STATES,
+    POOL_LAYOUTS,
     STRATEGIES,
     Algorithm,
     GroupStates,
+    PerDevice,
     RoundInputs,
     RoundOutput,
     State,
@@ -20,8 +22,15 @@ from jaxpfl.core.engine import (
     place_rows,
 )
 from jaxpfl.core.evaluate import Counts, client_eval, evaluate_global, summarize
-from jaxpfl.core.evaluators import ClientEvaluator, evaluate_personal, personal_counts
+from jaxpfl.core.evaluators import (
+    ClientEvaluator,
+    evaluate_clients,
+    evaluate_model,
+    evaluate_personal,
+    personal_counts,
+)
 from jaxpfl.core.keys import derive
+from jaxpfl.core.placement import ClientPlacement, Pool, array_loader, place_pool
 from jaxpfl.core.residency import HostRound, client_state_bytes, resolve_client_state
 from jaxpfl.core.rounds import phase_plan, round_inputs, stage_groups
 from jaxpfl.core.schedule import Schedule, epoch_schedule, group_steps, stream_schedule
@@ -41,16 +50,20 @@ from jaxpfl.core.tree import weighted_mean
 
 __all__ = [
     "CLIENT_STATES",
+    "POOL_LAYOUTS",
     "STRATEGIES",
     "Algorithm",
     "Batch",
     "BucketPlan",
     "ClientData",
     "ClientEvaluator",
+    "ClientPlacement",
     "Counts",
     "ExecOptions",
     "GroupStates",
     "HostRound",
+    "PerDevice",
+    "Pool",
     "RoundInputs",
     "RoundOutput",
     "Rows",
@@ -59,6 +72,7 @@ __all__ = [
     "State",
     "StepStats",
     "Strategy",
+    "array_loader",
     "client_eval",
     "client_sgd",
     "client_state_bytes",
@@ -66,6 +80,8 @@ __all__ = [
     "derive",
     "epoch_schedule",
     "evaluate_global",
+    "evaluate_clients",
+    "evaluate_model",
     "evaluate_personal",
     "gather_batch",
     "group_steps",
@@ -79,6 +95,7 @@ __all__ = [
     "personal_counts",
     "phase_plan",
     "place_inputs",
+    "place_pool",
     "place_rows",
     "plan_buckets",
     "resolve_client_state",

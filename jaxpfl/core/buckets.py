@@ -13,6 +13,15 @@ one plan per phase built from the envelope of all its rounds (``envelope``).
 Grouping changes how a call executes, never what it computes: schedules and step keys do
 not depend on the padded width, and the engine restores the sampled order before the server
 step.
+
+**Device-affine layout** (``Splits.owner`` set, by
+:meth:`~jaxpfl.core.placement.ClientPlacement.localize`): each client runs on the one device
+that holds its data (the ``sharded`` strategy with a per-device pool). Each group is then D
+equal blocks, block d holding only device d's clients; a plan's ``slots`` and ``counts`` are
+per device (``BucketPlan.devices`` = D). Device d's clients take the LAST of its ``Σ slots``
+slots in ascending size (the first ones are padding), and the plan is built from the
+slot-wise envelope of these right-aligned per-device size lists (``affine_envelope``), so a
+device's i-th largest client always fits.
 """
 
 from __future__ import annotations
@@ -57,6 +66,13 @@ class Splits:
     train: ClientIndex
     val: ClientIndex
     test: ClientIndex
+    owner: np.ndarray | None = dataclasses.field(default=None, compare=False)
+    devices: int = 1
+
+    @property
+    def affine(self) -> bool:
+        """Whether rows are laid out device-affine (module docstring)."""
+        return self.owner is not None
 
     @classmethod
     def of(cls, dataset) -> Splits:
@@ -104,14 +120,20 @@ class BucketPlan:
     slots: tuple[int, ...]
     counts: tuple[int, ...]
     widths: tuple[tuple[int, int, int], ...]
+    devices: int = 1  # > 1: device-affine, slots and counts per device (module docstring)
+
+    @property
+    def group_rows(self) -> tuple[int, ...]:
+        """Rows of each group (all devices' blocks)."""
+        return tuple(self.devices * c for c in self.counts)
 
     @property
     def rows(self) -> int:
-        return sum(self.counts)
+        return sum(self.group_rows)
 
     def cost(self) -> int:
         """Σ_g rows_g · train width_g (proportional to the compiled steps of a round)."""
-        return sum(c * w[0] for c, w in zip(self.counts, self.widths))
+        return sum(c * w[0] for c, w in zip(self.group_rows, self.widths))
 
 
 def _quantum(global_width: int, levels: int) -> int:
@@ -202,13 +224,59 @@ def fits(plan: BucketPlan, sizes: np.ndarray, key_split: int = 0) -> bool:
     return bool(np.all(srt <= caps))
 
 
+def affine_envelope(splits: Splits, selections: Sequence[np.ndarray],
+                    key_split: str = "train") -> np.ndarray:
+    """Slot-wise maximum over rounds AND devices of each device's sorted client sizes,
+    right-aligned to the largest per-device count (module docstring)."""
+    sizes, owner = splits.sizes(key_split), np.asarray(splits.owner)
+    lists = []
+    for s in selections:
+        s = np.asarray(s, np.int64)
+        for d in range(splits.devices):
+            lists.append(np.sort(sizes[s[owner[s] == d]]))
+    m = max((len(v) for v in lists), default=0)
+    out = np.zeros(m, np.int64)
+    for v in lists:
+        if len(v):
+            out[m - len(v):] = np.maximum(out[m - len(v):], v)
+    return out
+
+
+def affine_single_plan(splits: Splits, ids: np.ndarray) -> BucketPlan:
+    """One device-affine group at the global widths, as many slots per device as the busiest
+    device has clients among ``ids``."""
+    per = np.bincount(np.asarray(splits.owner)[np.asarray(ids, np.int64)],
+                      minlength=splits.devices)
+    m = int(max(1, per.max(initial=0)))
+    return BucketPlan((m,), (m,), (tuple(splits.widths()),), splits.devices)
+
+
+def fits_clients(plan: BucketPlan, splits: Splits, ids: np.ndarray,
+                 key_split: str = "train") -> bool:
+    """Whether clients ``ids`` fit ``plan`` (per device for a device-affine plan)."""
+    k = ("train", "val", "test").index(key_split)
+    if not splits.affine:
+        return plan.devices == 1 and fits(plan, splits.sizes(key_split)[np.asarray(ids)], k)
+    if plan.devices != splits.devices:
+        return False
+    env = affine_envelope(splits, [ids], key_split)
+    m = sum(plan.slots)
+    if len(env) > m:
+        return False
+    caps = np.repeat([w[k] for w in plan.widths], plan.slots)[m - len(env):]
+    return bool(np.all(env <= caps))
+
+
 def make_rows(
     splits: Splits, ids: np.ndarray, plan: BucketPlan, key_split: str = "train"
 ) -> tuple[tuple[Rows, ...], np.ndarray]:
     """The groups of ``plan`` filled with clients ``ids`` (ascending size of ``key_split``,
     ties by position), and ``order [M]``: the row of each client of ``ids`` in the
-    concatenation of the groups (padding rows come after every real one of their group)."""
+    concatenation of the groups (padding rows come after every real one of their group;
+    device-affine splits: module docstring)."""
     ids = np.asarray(ids, np.int64)
+    if splits.affine:
+        return _affine_rows(splits, ids, plan, key_split)
     sizes = splits.sizes(key_split)[ids]
     by_size = np.argsort(sizes, kind="stable")
     k = splits.num_clients
@@ -234,8 +302,47 @@ def make_rows(
     return tuple(groups), order.astype(np.int32)
 
 
+def _affine_rows(splits: Splits, ids: np.ndarray, plan: BucketPlan,
+                 key_split: str) -> tuple[tuple[Rows, ...], np.ndarray]:
+    if plan.devices != splits.devices:
+        raise ValueError(f"a plan for {plan.devices} devices cannot lay out clients of "
+                         f"{splits.devices} devices")
+    k, d_n = splits.num_clients, splits.devices
+    owner, sizes = np.asarray(splits.owner)[ids], splits.sizes(key_split)[ids]
+    m = sum(plan.slots)
+    member = np.full((d_n, m), -1, np.int64)  # position in ids of the client in each slot
+    for d in range(d_n):
+        mine = np.flatnonzero(owner == d)
+        mine = mine[np.argsort(sizes[mine], kind="stable")]
+        if len(mine) > m:
+            raise ValueError(f"device {d} has {len(mine)} clients; the plan has {m} slots")
+        member[d, m - len(mine):] = mine
+    groups, order = [], np.zeros(len(ids), np.int64)
+    lo = row0 = 0
+    for slots, widths in zip(plan.slots, plan.widths):
+        block = member[:, lo : lo + slots].reshape(-1)  # device-major: block d = device d
+        real = block >= 0
+        gid = np.full(len(block), k, np.int64)
+        gid[real] = ids[block[real]]
+        order[block[real]] = row0 + np.flatnonzero(real)
+        parts = []
+        for split, w in zip(SPLITS, widths):
+            idx = np.zeros((len(block), w), np.int32)
+            n = np.zeros(len(block), np.int32)
+            if real.any():
+                idx[real], n[real] = getattr(splits, split).padded(gid[real], w)
+            parts += [idx, n]
+        groups.append(Rows(gid.astype(np.int32), real.astype(np.float32), *parts))
+        lo += slots
+        row0 += len(block)
+    return tuple(groups), order.astype(np.int32)
+
+
 __all__ = [
     "LEVELS",
+    "affine_envelope",
+    "affine_single_plan",
+    "fits_clients",
     "BucketPlan",
     "Rows",
     "Splits",

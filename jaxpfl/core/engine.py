@@ -116,6 +116,7 @@ from jaxpfl.errors import ConfigError
 PyTree = Any
 STRATEGIES = ("vmap", "chunked", "sequential", "sharded")
 CLIENT_STATES = ("auto", "device", "host")
+POOL_LAYOUTS = ("replicated", "per-device")
 
 
 class State(NamedTuple):
@@ -164,7 +165,10 @@ class Strategy:
     call on the jitted strategies (1 = one group padded to the widest client).
     ``client_state``: where the stacked per-client state lives between rounds: ``device``,
     ``host`` (NumPy; only the rows a call needs are moved, ``jaxpfl.core.residency``) or
-    ``auto`` (the driver keeps it on the device when it fits)."""
+    ``auto`` (the driver keeps it on the device when it fits). ``pool_layout``: with
+    ``sharded``, ``replicated`` (every device holds every example) or ``per-device`` (each
+    device holds only its own clients' examples, each process loads only its devices' share:
+    ``jaxpfl.core.placement``)."""
 
     name: str = "vmap"
     chunk_size: int = 8
@@ -172,6 +176,7 @@ class Strategy:
     num_devices: int | None = None
     buckets: int = 6
     client_state: str = "auto"
+    pool_layout: str = "replicated"
 
     def __post_init__(self):
         if self.name not in STRATEGIES:
@@ -185,6 +190,12 @@ class Strategy:
         if self.client_state not in CLIENT_STATES:
             raise ConfigError(f"unknown client_state '{self.client_state}'; choose one of: "
                               f"{', '.join(CLIENT_STATES)}")
+        if self.pool_layout not in POOL_LAYOUTS:
+            raise ConfigError(f"unknown pool layout '{self.pool_layout}'; choose one of: "
+                              f"{', '.join(POOL_LAYOUTS)}")
+        if self.pool_layout == "per-device" and self.name != "sharded":
+            raise ConfigError(f"--pool-layout per-device needs --strategy sharded (got "
+                              f"'{self.name}')")
 
     @property
     def jitted(self) -> bool:
@@ -211,9 +222,26 @@ def default_strategy(backend: str | None = None) -> Strategy:
     return Strategy("vmap", exec=ExecOptions(unroll=1, step_block=None))
 
 
+class PerDevice(NamedTuple):
+    """A ``[D, ...]`` array whose block d lives on device d of the mesh's ``clients`` axis
+    (a per-device pool, ``jaxpfl.core.placement``). Inside a ``sharded`` mapped call, a
+    ``shared`` leaf wrapped in it is seen by ``fn`` as the calling device's block
+    ``value[d]``; it is only valid with the ``sharded`` strategy."""
+
+    value: jax.Array
+
+
+def _is_per_device(a) -> bool:
+    return isinstance(a, PerDevice)
+
+
 def map_clients(fn: Callable, shared: PyTree, per_client: PyTree, strategy: Strategy) -> PyTree:
-    """``stack([fn(shared, per_client[i]) for i in range(M)])`` with the chosen strategy."""
+    """``stack([fn(shared, per_client[i]) for i in range(M)])`` with the chosen strategy
+    (``shared`` may hold :class:`PerDevice` leaves with ``sharded``)."""
     name = strategy.name
+    per_device = any(map(_is_per_device, jax.tree.leaves(shared, is_leaf=_is_per_device)))
+    if per_device and name != "sharded":
+        raise ConfigError(f"a per-device pool needs the sharded strategy (got '{name}')")
     if name == "vmap":
         return jax.vmap(fn, in_axes=(None, 0))(shared, per_client)
     if name == "chunked":
@@ -222,10 +250,18 @@ def map_clients(fn: Callable, shared: PyTree, per_client: PyTree, strategy: Stra
         m = jax.tree.leaves(per_client)[0].shape[0]
         return stack([fn(shared, pc) for pc in unstack(per_client, m)])
     if name == "sharded":
+        specs = jax.tree.map(lambda a: P("clients") if _is_per_device(a) else P(), shared,
+                             is_leaf=_is_per_device)
+
+        def block(sh, pc):  # a PerDevice leaf is this device's [1, ...] block
+            sh = jax.tree.map(lambda a: a.value[0] if _is_per_device(a) else a, sh,
+                              is_leaf=_is_per_device)
+            return jax.vmap(fn, in_axes=(None, 0))(sh, pc)
+
         mapped_fn = jax.shard_map(
-            jax.vmap(fn, in_axes=(None, 0)),
+            block,
             mesh=strategy.mesh(),
-            in_specs=(P(), P("clients")),
+            in_specs=(specs, P("clients")),
             out_specs=P("clients"),
             check_vma=False,  # the client loop's carry starts replicated and becomes per-client
         )
@@ -463,9 +499,11 @@ def place_inputs(inputs: RoundInputs, strategy: Strategy) -> RoundInputs:
 
 __all__ = [
     "CLIENT_STATES",
+    "POOL_LAYOUTS",
     "STRATEGIES",
     "Algorithm",
     "GroupStates",
+    "PerDevice",
     "RoundInputs",
     "RoundOutput",
     "State",

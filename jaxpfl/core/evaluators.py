@@ -24,11 +24,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxpfl.core.buckets import Splits, make_rows, single_plan
-from jaxpfl.core.engine import GroupStates, Strategy, map_groups, place_rows
-from jaxpfl.core.evaluate import Counts, client_eval
+from jaxpfl import distributed
+from jaxpfl.core.buckets import Splits, affine_single_plan, make_rows, single_plan
+from jaxpfl.core.engine import GroupStates, PerDevice, Strategy, map_groups, place_rows
+from jaxpfl.core.evaluate import Counts, client_eval, evaluate_global
+from jaxpfl.core.placement import Pool
 from jaxpfl.core.residency import host_gather, is_host_tree, placer
-from jaxpfl.core.rounds import plan_for
+from jaxpfl.core.rounds import plan_clients
 from jaxpfl.core.train import ClientData
 
 PyTree = Any
@@ -56,6 +58,9 @@ class ClientEvaluator:
         stacked: bool = False,
         key_split: str = "test",
     ):
+        if isinstance(x, PerDevice) != splits.affine:
+            raise ValueError("a per-device pool is read through splits localized to its "
+                             "placement (Pool.splits / ClientPlacement.localize), and only so")
         self.x, self.y, self.strategy, self.splits = x, y, strategy, splits
         self.stacked = stacked
         self.key_split = key_split
@@ -68,8 +73,9 @@ class ClientEvaluator:
         if full and self._full is not None:
             return self._full
         if full:
-            sizes = self.splits.sizes(self.key_split)
-            plan = plan_for(self.splits, sizes, self.strategy, self.key_split)
+            plan = plan_clients(self.splits, [rows], self.strategy, self.key_split)
+        elif self.splits.affine:
+            plan = affine_single_plan(self.splits, rows)
         else:
             plan = single_plan(len(rows), self.splits.widths(), self.strategy.client_multiple)
         groups, order = make_rows(self.splits, rows, plan, self.key_split)
@@ -89,7 +95,7 @@ class ClientEvaluator:
         group_keys, start = [], 0
         pos = np.zeros(plan.rows, np.int64)
         pos[order] = np.arange(len(rows))
-        for count in plan.counts:
+        for count in plan.group_rows:
             group_keys.append(keys[jnp.asarray(pos[start : start + count])])
             start += count
         if self.stacked and is_host_tree(params):  # host-resident models: one group at a time
@@ -99,7 +105,8 @@ class ClientEvaluator:
         call = _call_jit if self.strategy.jitted else _call
         outs = call(self.fn, self.strategy, self.stacked, params, self.x, self.y, groups,
                     group_keys)
-        cat = jax.tree.map(lambda *a: np.concatenate([np.asarray(v) for v in a]), *outs)
+        outs = distributed.to_host(outs)  # (an all-gather when sharded over processes)
+        cat = jax.tree.map(lambda *a: np.concatenate(a), *outs)
         return jax.tree.map(lambda a: a[order], cat)
 
 
@@ -154,9 +161,47 @@ def evaluate_personal(
     split: str = "test",
 ) -> Counts:
     """Counts of each client's own model (row k of ``stacked_params``) on its ``split``."""
-    ev = ClientEvaluator(personal_counts(model, split), x, y, splits, strategy, stacked=True,
-                         key_split=split)
-    return Counts(*ev(stacked_params, np.asarray(clients)))
+    return evaluate_model(model, stacked_params, x, y, splits, clients, strategy, split,
+                          stacked=True)
 
 
-__all__ = ["ClientEvaluator", "evaluate_personal", "personal_counts"]
+def evaluate_model(
+    model,
+    params: PyTree,
+    x: jax.Array,
+    y: jax.Array,
+    splits: Splits,
+    clients: np.ndarray,
+    strategy: Strategy,
+    split: str = "test",
+    *,
+    stacked: bool = False,
+) -> Counts:
+    """Counts of ONE model (``params``; ``stacked``: row k is client k's own) on each
+    client's ``split``, mapped with the engine: the form of ``evaluate_global`` that also
+    reads a per-device pool (``jaxpfl.core.placement``), whose indices are per device."""
+    ev = ClientEvaluator(personal_counts(model, split), x, y, splits, strategy,
+                         stacked=stacked, key_split=split)
+    return Counts(*ev(params, np.asarray(clients)))
+
+
+def evaluate_clients(model, params: PyTree, pool: Pool, clients: np.ndarray,
+                     strategy: Strategy, split: str = "test") -> Counts:
+    """Counts of ONE model on the ``split`` of each of ``clients``, read from ``pool``
+    (``place_pool``): ``evaluate_global``'s flat stream for a whole pool, ``evaluate_model``
+    for a per-device one."""
+    clients = np.asarray(clients, np.int64)
+    if pool.per_device:
+        return evaluate_model(model, params, pool.x, pool.y, pool.splits, clients, strategy,
+                              split)
+    index = getattr(pool.splits, split)
+    return evaluate_global(model, params, pool.x, pool.y, [index[int(k)] for k in clients])
+
+
+__all__ = [
+    "ClientEvaluator",
+    "evaluate_clients",
+    "evaluate_model",
+    "evaluate_personal",
+    "personal_counts",
+]

@@ -21,7 +21,7 @@ so results are the same (bit-identical with ``sequential``; equal to float toler
 client's state (``Algorithm.server_reads_clients``: FEDORA) keeps it on the device.
 ``client_state="auto"`` (the default) keeps it on the device unless the stack would take
 more than ``HOST_ABOVE`` of the device's memory (never on a CPU backend, whose device memory
-is host memory). One process only.
+is host memory). One process only, with the replicated pool.
 """
 
 from __future__ import annotations
@@ -127,8 +127,12 @@ def resolve_client_state(strategy: Strategy, algorithm: Algorithm, per_client: i
         if distributed.is_multiprocess():
             raise ConfigError("host-resident client state runs in one process only; drop "
                               "--client-state host or run one process")
+        if strategy.pool_layout == "per-device":
+            raise ConfigError("host-resident client state needs the replicated pool; drop "
+                              "--client-state host or --pool-layout per-device")
         return "host"
-    if want == "device" or per_client == 0 or algorithm.server_reads_clients:
+    if (want == "device" or per_client == 0 or algorithm.server_reads_clients
+            or strategy.pool_layout == "per-device"):
         return "device"
     if distributed.is_multiprocess():
         return "device"

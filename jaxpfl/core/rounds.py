@@ -8,6 +8,7 @@ compiles once per phase, and a resumed run uses the same groups as an uninterrup
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 
 import numpy as np
@@ -16,13 +17,15 @@ from jaxpfl.core.buckets import (
     BucketPlan,
     Rows,
     Splits,
+    affine_envelope,
     envelope,
-    fits,
+    fits_clients,
     make_rows,
     plan_buckets,
     single_plan,
 )
 from jaxpfl.core.engine import RoundInputs, Strategy
+from jaxpfl.errors import ConfigError
 
 
 def _splits(data) -> Splits:
@@ -42,12 +45,26 @@ def plan_for(splits: Splits, sizes: np.ndarray, strategy: Strategy,
     )
 
 
+def plan_clients(splits: Splits, selections: Sequence[np.ndarray], strategy: Strategy,
+                 key_split: str = "train") -> BucketPlan:
+    """One plan that fits every selection of clients: ``plan_for`` of the slot-wise envelope
+    of their sorted sizes, per device for device-affine splits (``buckets``)."""
+    if not splits.affine:
+        return plan_for(splits, envelope(selections, splits.sizes(key_split)), strategy,
+                        key_split)
+    if strategy.name != "sharded" or strategy.client_multiple != splits.devices:
+        raise ConfigError(f"splits placed on {splits.devices} devices need the sharded "
+                          f"strategy on {splits.devices} devices")
+    env = affine_envelope(splits, selections, key_split)
+    plan = plan_buckets(env, splits.widths(), max_groups=strategy.buckets,
+                        key_split=("train", "val", "test").index(key_split))
+    return dataclasses.replace(plan, devices=splits.devices)
+
+
 def phase_plan(data, selections: Sequence[np.ndarray], strategy: Strategy) -> BucketPlan:
     """One plan that fits every round of a phase: built from the slot-wise envelope of the
     rounds' sorted client sizes (exact when every round has the same clients)."""
-    splits = _splits(data)
-    env = envelope(selections, splits.sizes("train"))
-    return plan_for(splits, env, strategy)
+    return plan_clients(_splits(data), selections, strategy)
 
 
 def round_inputs(
@@ -64,9 +81,8 @@ def round_inputs(
     algorithm with a client stage (``stage_groups``)."""
     splits = _splits(data)
     ids = np.asarray(ids, np.int64)
-    sizes = splits.sizes("train")[ids]
-    if plan is None or not fits(plan, sizes):
-        plan = plan_for(splits, sizes, strategy)
+    if plan is None or not fits_clients(plan, splits, ids):
+        plan = plan_clients(splits, [ids], strategy)
     groups, order = make_rows(splits, ids, plan)
     real = np.zeros(plan.rows, bool)
     real[order] = True
@@ -79,7 +95,7 @@ def stage_groups(data, strategy: Strategy) -> tuple[Rows, ...]:
     stage. Fixed for a run: build once, place once."""
     splits = _splits(data)
     ids = np.arange(splits.num_clients)
-    groups, _ = make_rows(splits, ids, plan_for(splits, splits.sizes("train"), strategy))
+    groups, _ = make_rows(splits, ids, plan_clients(splits, [ids], strategy))
     return groups
 
 
@@ -90,4 +106,4 @@ def useful_share(steps: np.ndarray, compiled: np.ndarray, mask: np.ndarray) -> f
     return float(np.sum(np.asarray(steps)[np.asarray(mask) > 0])) / total if total else 1.0
 
 
-__all__ = ["phase_plan", "plan_for", "round_inputs", "stage_groups", "useful_share"]
+__all__ = ["phase_plan", "plan_clients", "plan_for", "round_inputs", "stage_groups", "useful_share"]
