@@ -158,8 +158,14 @@ def job(mode: str, out: str, rounds: int, ckpt: str | None) -> None:
         info = {"history": res["history"], "driver_round_compiles": compiles.count}
         save(out, res["state"], {**info, **compile_check()})
     elif mode == "local":  # the per-device pool: each process loads its own clients only
+        compiles = _Compiles()
+        logging.getLogger("jax").addHandler(compiles)
+        jax.config.update("jax_log_compiles", True)
         res = drive(os.path.join(out, "run"), rounds, resume=False, per_device=True)
-        info = {"history": res["history"], "pool_rows": every_process([res["pool_rows_here"]]),
+        jax.config.update("jax_log_compiles", False)
+        logging.getLogger("jax").removeHandler(compiles)
+        info = {"history": res["history"], "driver_round_compiles": compiles.count,
+                "pool_rows": every_process([res["pool_rows_here"]]),
                 "loaded": every_process(res["loaded"]), "owned": every_process(res["owned"])}
         save(out, res["state"], info)
     elif mode == "resume":

@@ -217,6 +217,14 @@ def test_preset_tables_are_checked():
         ("fedavg", ["--train-frac", "1"], "the training clients have no test examples"),
         ("fedavg", ["--clients", "30"], "--clients 30 per round, but the data has 20 training"),
         ("perfedavg", ["--holdout-frac", "0"], "no held-out evaluation clients"),
+        ("fedavg", ["--pool-layout", "per-device", "--strategy", "vmap"],
+         "--pool-layout per-device needs --strategy sharded"),
+        ("fedavg", ["--pool-layout", "nope"], "invalid choice: 'nope'"),
+        ("fedavg", ["--strategy", "sharded", "--pool-layout", "per-device", "--pool", "train"],
+         "the central test set belongs to no client"),
+        ("fedavg", ["--strategy", "sharded", "--pool-layout", "per-device",
+                    "--client-state", "host"], "host-resident client state needs the "
+         "replicated pool"),
     ],
 )
 def test_bad_input_is_one_line_exit_2(capsys, script, argv, msg):

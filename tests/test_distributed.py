@@ -139,6 +139,7 @@ def test_per_device_pool_loads_each_process_its_own_clients_and_equals_one_proce
         assert ids == sorted(np.concatenate([examples[k] for k in clients]).tolist())
     total = sum(len(e) for e in examples)
     assert all(len(ids) < total for ids in loaded)  # neither process read the whole pool
+    assert info["driver_round_compiles"] == 1  # device-affine phase plan: one compilation
     two = _state(runs / "two_local")
     _close(two, _state(runs / "two_local", 1), atol=0)
     _close(two, _state(runs / "one"))
