@@ -44,9 +44,11 @@ Columns: "first s" is round 0 (compilation included; FedALA's start phase of ALA
 round 0's stage); "round s" is the mean of the later rounds; "examples/s" is
 Σ n_k · E over the round's clients (local training only, ALA's examples not counted) divided
 by "round s"; "peak RSS" is the subprocess's peak resident host memory (``ru_maxrss``,
-process 0 for 2-process rows); "device peak" is ``memory_stats()['peak_bytes_in_use']`` where
-the backend reports it (not on CPU); "state/client" is the bytes of one client's persistent
-state (0 for FedAvg).
+process 0 for 2-process rows); "anon MB" (devices table) its resident anonymous memory at
+the end (``RssAnon``: heap and CPU device buffers, not the file pages of a pool left on disk
+by ``--data-dir`` with uncompressed IDX files); "device peak" is
+``memory_stats()['peak_bytes_in_use']`` where the backend reports it (not on CPU);
+"state/client" is the bytes of one client's persistent state (0 for FedAvg).
 
 Prints markdown tables and writes ``<out>/bench_scale.json`` and ``<out>/bench_scale.png``.
 """
@@ -86,6 +88,7 @@ class Job:
     rounds: int = 3
     model: str = "mlp_2nn"
     data: str = "fmnist"
+    data_dir: str = ""  # the Fashion-MNIST IDX folder ("": Debian's; uncompressed: on disk)
     n_train: int = 0  # 0: the whole pool
     batch_size: int = 10
     buckets: int = 6  # Strategy.buckets of the jitted strategies
@@ -116,7 +119,7 @@ def _raw(job: Job):
 
     if job.data == "fmnist":
         try:
-            raw = load_raw("fashion_mnist")
+            raw = load_raw("fashion_mnist", job.data_dir or None)
         except DataError:
             raw = None
         if raw is not None:
@@ -223,6 +226,7 @@ def measure(job: Job) -> dict[str, Any]:
     from jaxpfl.core.placement import place_pool
     from jaxpfl.core.residency import HostRound, client_state_bytes, to_host
     from jaxpfl.core.rounds import phase_plan, round_inputs, stage_groups
+    from jaxpfl.data.dataset import Rows
     from jaxpfl.models import count_params, get_model
     from jaxpfl.run import sample_clients
 
@@ -305,6 +309,8 @@ def measure(job: Job) -> dict[str, Any]:
         "examples_per_round": int(np.mean(examples[1:] or examples)),
         "examples_per_s": float(np.mean(examples[1:] or examples)) / round_s,
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "anon_mb": _anon_mb(),
+        "pool_on_disk": isinstance(ds.x, Rows),
         "device_peak_mb": (stats["peak_bytes_in_use"] / 2**20
                            if stats and "peak_bytes_in_use" in stats else None),
         "state_bytes_per_client": per_client,
@@ -312,6 +318,19 @@ def measure(job: Job) -> dict[str, Any]:
         "client_state": job.client_state,
         "compilations": rnd._cache_size() if hasattr(rnd, "_cache_size") else None,
     }
+
+
+def _anon_mb() -> float | None:
+    """This process's resident anonymous memory now (Linux ``RssAnon``: the heap and the
+    CPU devices' buffers, not file pages such as a memory-mapped pool), MB."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("RssAnon:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return None
 
 
 def _worker_main(job_json: str, out_path: str) -> None:
@@ -383,7 +402,7 @@ def _label(r: dict) -> str:
 def table(rows: list[dict], kind: str) -> str:
     lead_head = {"clients": ["clients/round"],
                  "devices": ["devices", "scaling", "K", "clients/round", "pool layout",
-                             "pool MB/device"],
+                             "pool MB/device", "anon MB"],
                  "pool": ["K resident", "clients/round", "client state"]}[kind]
     head = lead_head + [
         "algorithm", "strategy", "first s", "round s", "examples/s", "peak RSS MB",
@@ -395,7 +414,7 @@ def table(rows: list[dict], kind: str) -> str:
         elif kind == "devices":
             lead = [_label(r), r["scaling"], str(r.get("num_clients") or r["clients"]),
                     str(r["clients"]), r.get("pool_layout", "replicated"),
-                    _fmt(r.get("pool_mb_per_device"), ",.1f")]
+                    _fmt(r.get("pool_mb_per_device"), ",.1f"), _fmt(r.get("anon_mb"), ",.0f")]
         else:
             lead = [str(r["num_clients"]), str(r["clients"]), r["client_state"]]
         if "error" in r:
@@ -481,6 +500,7 @@ def plot(rows: list[dict], path: str) -> None:
 
 def jobs_for(args: argparse.Namespace, algorithms: list[str]) -> list[Job]:
     base = dict(rounds=args.rounds, model=args.model, data=args.data, n_train=args.n_train,
+                data_dir=args.data_dir,
                 batch_size=args.batch_size, seed=args.seed, buckets=args.buckets)
     jobs = [Job("clients", a, m, **base) for a in algorithms for m in args.clients
             if a == algorithms[0] or m <= args.max_clients_personal]
@@ -525,6 +545,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--model", default="mlp_2nn", help="mlp_2nn (CPU) or cnn (GPU)")
     p.add_argument("--data", default="fmnist", choices=("fmnist", "synthetic"),
                    help="fmnist (synthetic when the files are missing) or synthetic")
+    p.add_argument("--data-dir", default="",
+                   help="Fashion-MNIST IDX folder (default: Debian's .gz files); uncompressed "
+                   "files stay on disk and each process reads only the rows it needs")
     p.add_argument("--n-train", type=int, default=0, help="first N train examples (0: all)")
     p.add_argument("--clients", type=int, nargs="*", default=[20, 100, 500, 1000],
                    help="clients per round of the clients table (none: no such rows)")

@@ -7,6 +7,7 @@ Examples::
     python experiments/partition.py --partition shards --num-clients 100 --pool train --train-frac 1
     python experiments/partition.py --dataset femnist --data-dir DIR --partition natural
     python experiments/partition.py --partition-file runs/parts/x.npz   # report a saved split
+    python experiments/partition.py --dataset femnist --data-dir DIR --raw-out runs/femnist_npy
 
 The flags are the fields of ``jaxpfl.cli.DataConfig`` (the arguments of
 ``jaxpfl.data.federate.federate``) and of :class:`Report`; ``--clients`` (total clients) and
@@ -40,11 +41,15 @@ class Report:
       out: folder to write <tag>.npz, <tag>.stats.json and <tag>.png (none: print only)
       max_rows: client rows shown in the table
       plot: with --out, also draw the PNG figure
+      raw_out: also write the dataset's examples, before partitioning, as .npy files in
+        this folder (read back with --dataset npy --data-dir FOLDER: the images stay on
+        disk and each process reads only the rows it uses)
     """
 
     out: str | None = None
     max_rows: int = 40
     plot: bool = True
+    raw_out: str | None = None
 
     def __post_init__(self):
         if isinstance(self.max_rows, bool) or not isinstance(self.max_rows, int):
@@ -71,7 +76,16 @@ def main(argv: list[str] | None = None) -> int:
 
     if rep.out:
         prepare_dir(rep.out)
-    ds = load_dataset(data)
+    if rep.raw_out:
+        prepare_dir(rep.raw_out, "--raw-out")
+    from jaxpfl.data.sources import load_raw
+
+    raw = load_raw(data.dataset, data.data_dir)
+    if rep.raw_out:
+        from jaxpfl.data.sources import save_npy
+
+        print(f"wrote {save_npy(raw, rep.raw_out)} (--dataset npy --data-dir reads it)")
+    ds = load_dataset(data, raw)
     stats = partition_stats(ds)
     print(format_stats_table(stats, max_rows=rep.max_rows))
     if rep.out:

@@ -66,7 +66,7 @@ from jaxpfl.core import (
     summarize,
     weighted_mean,
 )
-from jaxpfl.data import ClientIndex, FederatedDataset, RawData
+from jaxpfl.data import ClientIndex, FederatedDataset, RawData, Rows
 from jaxpfl.data.federate import PARTITIONS, federate, split_val, support_query
 from jaxpfl.data.rotated import fedora_rotated, load_rotated, rotate, save_rotated
 from jaxpfl.data.sources import SOURCES, load_raw
@@ -114,6 +114,7 @@ __all__ = [
     "Phase",
     "Pool",
     "RawData",
+    "Rows",
     "RoundInputs",
     "RunConfig",
     "RunError",

@@ -580,8 +580,9 @@ class DataConfig:
 DEFAULT_NUM_CLIENTS = 20
 
 
-def load_dataset(cfg: DataConfig) -> Any:
-    """Load ``cfg.dataset`` and partition it as ``cfg`` says, or replay ``cfg.partition_file``.
+def load_dataset(cfg: DataConfig, raw: Any = None) -> Any:
+    """Load ``cfg.dataset`` (or take ``raw``, already loaded) and partition it as ``cfg``
+    says, or replay ``cfg.partition_file``.
 
     The PFLlib modes use their own fixed stream (``RandomState(1)``, PFLlib's seed, continued
     into the per-client split) unless ``partition_seed`` is set; no partition follows the
@@ -589,7 +590,7 @@ def load_dataset(cfg: DataConfig) -> Any:
     """
     from jaxpfl.data.sources import load_raw  # looked up at call time (tests replace it)
 
-    raw = load_raw(cfg.dataset, cfg.data_dir)
+    raw = load_raw(cfg.dataset, cfg.data_dir) if raw is None else raw
     if cfg.partition_file is not None:
         from jaxpfl.data.store import load_partition
 

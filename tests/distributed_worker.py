@@ -8,9 +8,10 @@ ckpt]``, run in order. Every process runs the same program; each writes
 
 Modes: ``run`` (``rounds`` rounds of sharded FedAvg on the toy dataset through the driver,
 checkpoints in out/run; then the compile check), ``local`` (the same run with the
-per-device pool: every device holds only its own clients' examples, and info.json records
-the example ids each process's loader was asked for), ``resume`` (continue the run directory
-``ckpt`` to ``rounds`` rounds), ``restore`` (read the checkpoint of run directory ``ckpt``).
+per-device pool over images left on disk: every device holds only its own clients'
+examples, and info.json records the example ids each process read), ``resume`` (continue
+the run directory ``ckpt`` to ``rounds`` rounds), ``restore`` (read the checkpoint of run
+directory ``ckpt``).
 The compile check: sampled rounds with other clients and sizes through one phase plan, the
 round's cache size after each; and the driver's compilations of its round
 (``jax_log_compiles``).
@@ -47,6 +48,7 @@ from jaxpfl.core import (  # noqa: E402
     summarize,
 )
 from jaxpfl.core.rounds import phase_plan, round_inputs  # noqa: E402
+from jaxpfl.data.dataset import Rows  # noqa: E402
 from jaxpfl.run import Phase, RunConfig, _Checkpoints, run, sample_clients  # noqa: E402
 
 CLIENTS = 4  # of 6: sampled rounds (C < 1) with changing clients and sizes
@@ -73,19 +75,38 @@ class _Compiles(logging.Handler):
         self.count += record.getMessage().startswith("Compiling jit(round_fn)")
 
 
+class _OnDisk:
+    """An image file's rows (as a memory map reads them): records the pool ids read and
+    refuses to be read whole."""
+
+    def __init__(self, a: np.ndarray, start: int, log: list[int]):
+        self.a, self.start, self.log = a, start, log
+        self.shape, self.dtype = a.shape, a.dtype
+
+    def __len__(self) -> int:
+        return len(self.a)
+
+    def __getitem__(self, ids):
+        self.log.extend(int(i) + self.start for i in np.asarray(ids).reshape(-1))
+        return self.a[ids]
+
+    def __array__(self, *args, **kwargs):
+        raise AssertionError("the whole image file was read")
+
+
 def drive(out: str, rounds: int, resume: bool, per_device: bool = False) -> dict:
     """The driver's run; ``per_device``: each device holds only its own clients' examples,
-    and the result gets ``loaded``: the example ids this process's loader was asked for."""
+    the images are on disk (``Rows``, read by the default loader), and the result gets
+    ``loaded``: the example ids this process read."""
     ds = toy_dataset()
     loaded: list[int] = []
-
-    def load(ids):
-        loaded.extend(int(i) for i in ids)
-        return ds.x[ids], ds.y[ids]
-
+    if per_device:  # images "on disk": the default loader reads rows of Rows, recorded
+        half = len(ds.x) // 2
+        ds = dataclasses.replace(ds, x=Rows(_OnDisk(ds.x[:half], 0, loaded),
+                                            _OnDisk(ds.x[half:], half, loaded)))
     strategy = dataclasses.replace(STRATEGY, pool_layout="per-device") if per_device \
         else STRATEGY
-    pool = place_pool(ds, strategy, load) if per_device else None
+    pool = place_pool(ds, strategy) if per_device else None
     x, y = (pool.x, pool.y) if pool else (jnp.asarray(ds.x), jnp.asarray(ds.y))
 
     def evaluate(state, t, final):

@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from jaxpfl.data.dataset import Rows
 from jaxpfl.data.store import read_partition
 
 REPO = Path(__file__).resolve().parents[1]
@@ -37,8 +38,9 @@ def _fixtures():
     return mod
 
 
-def fixture_args(dataset: str, tmp: Path) -> list[str]:
-    """Fake data in the exact on-disk layout of ``dataset``; the ``--data-dir`` flag for it."""
+def fixture_args(dataset: str, tmp: Path, packed: bool = True) -> list[str]:
+    """Fake data in the exact on-disk layout of ``dataset``; the ``--data-dir`` flag for it.
+    ``packed=False``: IDX files uncompressed (the loader memory-maps their images)."""
     fx = _fixtures()
     if dataset == "mnist_embedded":
         return []
@@ -52,9 +54,11 @@ def fixture_args(dataset: str, tmp: Path) -> list[str]:
         rng = np.random.default_rng(0)
         folder = tmp / "idx"
         folder.mkdir()
+        gz = ".gz" if packed else ""
         for stem, n in (("train", 1600), ("t10k", 400)):
-            fx.write_idx(folder / f"{stem}-labels-idx1-ubyte.gz", rng.integers(0, 10, n))
-            fx.write_idx(folder / f"{stem}-images-idx3-ubyte.gz", rng.integers(0, 256, (n, 28, 28)))
+            fx.write_idx(folder / f"{stem}-labels-idx1-ubyte{gz}", rng.integers(0, 10, n))
+            fx.write_idx(folder / f"{stem}-images-idx3-ubyte{gz}",
+                         rng.integers(0, 256, (n, 28, 28)))
         return ["--data-dir", str(folder)]
     raise AssertionError(f"no fixture for dataset {dataset!r}: add one for the new preset")
 
@@ -180,6 +184,10 @@ def test_every_personalized_preset_runs_at_smoke_scale(tmp_path, capsys, script,
     assert "published (" not in stdout  # a smoke run is never a published setting
 
 
+def _never_whole(self, *args, **kwargs):
+    raise AssertionError("the whole on-disk pool was read")
+
+
 POOL_SCRIPTS = [  # one round (compilation dominates): every script's pool wiring
     ("fedavg", "default", ["--rounds", "1"]),
     ("perfedavg", "default", ["--rounds", "1", "--reptile-rounds", "0"]),
@@ -190,19 +198,32 @@ POOL_SCRIPTS = [  # one round (compilation dominates): every script's pool wirin
 
 
 @pytest.mark.parametrize("script,preset,shrink", POOL_SCRIPTS, ids=[s for s, *_ in POOL_SCRIPTS])
-def test_per_device_pool_equals_the_replicated_pool(tmp_path, capsys, script, preset, shrink):
+def test_per_device_pool_equals_the_replicated_pool(tmp_path, capsys, monkeypatch, script,
+                                                    preset, shrink):
     """Every script with ``--strategy sharded --pool-layout per-device`` (each of the 8 fake
     devices holds only its own clients' examples; its training, stage and evaluations run
-    device-affine) logs the same metrics as with the replicated pool."""
+    device-affine) logs the same metrics as with the replicated pool. IDX data are
+    uncompressed, so the pool stays on disk (``Rows``), and the per-device run never reads
+    it whole."""
     mod = load_script(script)
-    data = fixture_args(mod.CLI.preset_values(preset)["dataset"], tmp_path)
-    runs = []
+    dataset = mod.CLI.preset_values(preset)["dataset"]
+    data = fixture_args(dataset, tmp_path, packed=False)
+    runs, reads = [], []
+    read = Rows.__getitem__
     for layout in ("replicated", "per-device"):
         out = tmp_path / layout
-        mod.main(["--preset", preset, "--smoke", "--no-progress", "--out", str(out),
-                  "--strategy", "sharded", "--pool-layout", layout, *shrink, *data])
+        with monkeypatch.context() as m:
+            if layout == "per-device":
+                m.setattr(Rows, "__array__", _never_whole)
+                m.setattr(Rows, "__getitem__", lambda self, k: reads.append(k) or read(self, k))
+            mod.main(["--preset", preset, "--smoke", "--no-progress", "--out", str(out),
+                      "--strategy", "sharded", "--pool-layout", layout, *shrink, *data])
         capsys.readouterr()
         runs.append([json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()])
+    # the IDX presets' pools stay on disk, read row-wise by the per-device loader only
+    # (FEDORA's rotated pool is new images, built in memory)
+    on_disk = dataset in ("fashion_mnist", "mnist") and script != "fedora"
+    assert bool(reads) == on_disk, (dataset, len(reads))
     rep, per = runs
     assert [r["round"] for r in rep] == [r["round"] for r in per]
     keys = [k for k in rep[-1] if "acc" in k and isinstance(rep[-1][k], float)]

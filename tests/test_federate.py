@@ -407,6 +407,20 @@ def test_cli_writes_outputs(tmp_path):
     assert (tmp_path / "mock_pfllib_pat_10c_seed1.png").exists()
 
 
+def test_cli_raw_out_writes_a_folder_the_npy_source_partitions_identically(tmp_path):
+    out = tmp_path / "npy"
+    first = run_cli("--raw-out", str(out), "--max-rows", "0", mock=False)
+    assert first.returncode == 0, first.stderr
+    assert f"wrote {out} (--dataset npy --data-dir reads it)" in first.stdout
+    again = run_cli("--dataset", "npy", "--data-dir", str(out), "--max-rows", "0", mock=False)
+    assert again.returncode == 0, again.stderr
+    summary = [ln for ln in first.stdout.splitlines() if "hash" in ln]
+    assert summary and summary == [ln for ln in again.stdout.splitlines() if "hash" in ln]
+    (tmp_path / "f").write_text("a file, not a folder")
+    bad = run_cli("--raw-out", str(tmp_path / "f" / "x"), mock=False)
+    assert bad.returncode == 2 and bad.stderr.startswith("error: ") and "--raw-out" in bad.stderr
+
+
 def test_cli_real_fashion_mnist(tmp_path):
     if not os.path.exists(os.path.join(FMNIST_DIR, "train-labels-idx1-ubyte.gz")):
         pytest.skip(f"Fashion-MNIST IDX files not found in {FMNIST_DIR}")

@@ -139,6 +139,40 @@ def test_idx_roundtrip(tmp_path, gz):
     assert generic.num_classes == int(max(raw.y_train.max(), raw.y_test.max())) + 1
 
 
+def test_uncompressed_idx_images_stay_on_disk_and_read_like_the_whole_pool(tmp_path):
+    """Raw IDX images are memory-mapped; the partitioned pool is ``Rows`` over them, and
+    every way of indexing it returns what the concatenated in-memory pool returns."""
+    from jaxpfl.data.dataset import Rows
+    from jaxpfl.data.federate import federate
+
+    arrays = _write_idx_set(tmp_path, gz=False)
+    packed = tmp_path / "gz"
+    packed.mkdir()
+    for name, a in arrays.items():
+        fixtures.write_idx(packed / (name + ".gz"), a)
+    raw, ref = load_raw("mnist", str(tmp_path)), load_raw("mnist", str(packed))
+    assert isinstance(raw.x_train, np.memmap) and not isinstance(ref.x_train, np.memmap)
+    ds = federate(raw, "dirichlet", 3, alpha=1.0, seed=0, min_size=1)
+    whole = np.concatenate([arrays["train-images-idx3-ubyte"],
+                            arrays["t10k-images-idx3-ubyte"]])[..., None]
+    assert isinstance(ds.x, Rows) and ds.x.shape == whole.shape and len(ds.x) == len(whole)
+    assert ds.x.dtype == np.uint8 and ds.x.ndim == 4 and ds.x.nbytes == whole.nbytes
+    assert ds.meta["hash"] == federate(ref, "dirichlet", 3, alpha=1.0, seed=0,
+                                       min_size=1).meta["hash"]
+    n = len(whole)
+    picks = [np.array([n - 1, 0, 3, n - 2, 3]), np.array([-1, 1]), np.zeros(0, np.int64),
+             slice(2, n - 1, 3), slice(None), 5, -2, np.arange(n) % 2 == 0]
+    for key in picks:
+        np.testing.assert_array_equal(ds.x[key], whole[key])
+    np.testing.assert_array_equal(ds.x[1:3, 5:9], whole[1:3, 5:9])
+    np.testing.assert_array_equal(np.asarray(ds.x), whole)
+    for split in (ds.train, ds.test):  # each client's rows
+        for k in range(ds.num_clients):
+            np.testing.assert_array_equal(ds.x[split[k]], whole[split[k]])
+    with pytest.raises(IndexError, match="out of range"):
+        ds.x[np.array([n])]
+
+
 def test_idx_header_is_parsed_big_endian(tmp_path):
     a = np.arange(2 * 3 * 5, dtype=np.uint8).reshape(2, 3, 5)
     path = tmp_path / "a.idx"
@@ -331,6 +365,62 @@ def test_femnist_errors(tmp_path):
     path.write_text(path.read_text()[:-40])  # truncated JSON
     with pytest.raises(DataError, match=f"{path.name} is not valid JSON"):
         load_raw("femnist", str(tmp_path))
+
+
+# ----------------------------------------------------------------------------- .npy folders
+
+
+def test_npy_folder_reads_back_any_source_with_images_on_disk(tmp_path):
+    """save_npy then the ``npy`` source: the same arrays, writers and name, images
+    memory-mapped; the natural (writer) partition, and a partition file made on the
+    original source, replay on the copy with the same content hash."""
+    from jaxpfl.data.dataset import Rows
+    from jaxpfl.data.federate import federate
+    from jaxpfl.data.store import load_partition, save_partition
+
+    fixtures.write_leaf_femnist(tmp_path / "leaf", layout="user", num_writers=10)
+    src = load_raw("femnist", str(tmp_path / "leaf"))
+    sources.save_npy(src, tmp_path / "npy")
+    raw = load_raw("npy", str(tmp_path / "npy"))
+    assert isinstance(raw.x_train, np.memmap) and isinstance(raw.x_test, np.memmap)
+    assert raw.name == "femnist" and raw.num_classes == 62
+    assert raw.meta["stored"] == str(tmp_path / "npy") and raw.meta["layout"] == "train/test"
+    for key in ("x_train", "y_train", "x_test", "y_test", "writers_train", "writers_test"):
+        np.testing.assert_array_equal(getattr(raw, key), getattr(src, key))
+    assert raw.y_train.dtype == np.int32
+    a, b = (federate(r, "natural", train_frac=0.8, seed=0) for r in (src, raw))
+    assert isinstance(b.x, Rows) and a.meta["hash"] == b.meta["hash"]
+    assert a.client_ids == b.client_ids
+    np.testing.assert_array_equal(np.asarray(b.x), a.x)
+    part = save_partition(tmp_path / "p.npz", a)
+    assert load_partition(part, raw).meta["hash"] == a.meta["hash"]
+    # a source without writers (embedded MNIST) round-trips too
+    sources.save_npy(load_raw("mnist_embedded"), tmp_path / "m")
+    m = load_raw("npy", str(tmp_path / "m"))
+    assert m.writers_train is None and m.meta["sha256"] == load_raw("mnist_embedded").meta[
+        "sha256"]
+
+
+def test_npy_folder_errors(tmp_path):
+    with pytest.raises(DataError, match="npy needs data_dir.*--raw-out"):
+        load_raw("npy")
+    with pytest.raises(DataError, match="no folder"):
+        load_raw("npy", str(tmp_path / "missing"))
+    with pytest.raises(DataError, match="no raw.json"):
+        load_raw("npy", str(tmp_path))
+    folder = sources.save_npy(load_raw("mnist_embedded"), tmp_path / "m")
+    np.save(folder / "y_test.npy", np.full(2000, 10))
+    with pytest.raises(DataError, match="y_test labels outside 0..9"):
+        load_raw("npy", str(folder))
+    np.save(folder / "y_test.npy", np.zeros(3))
+    with pytest.raises(DataError, match="x_test must be uint8.*3,\\) labels"):
+        load_raw("npy", str(folder))
+    (folder / "y_test.npy").unlink()
+    with pytest.raises(DataError, match="no y_test.npy"):
+        load_raw("npy", str(folder))
+    (folder / "raw.json").write_text("{")
+    with pytest.raises(DataError, match="unreadable npy dataset"):
+        load_raw("npy", str(folder))
 
 
 # ----------------------------------------------------------------------------- tensorflow-datasets

@@ -184,7 +184,7 @@ def place_pool(dataset, strategy: Strategy, load: Loader | None = None) -> Pool:
     for its own devices only)."""
     splits = Splits.of(dataset)
     if strategy.pool_layout != "per-device":
-        return Pool(jnp.asarray(dataset.x), jnp.asarray(dataset.y), splits)
+        return Pool(jnp.asarray(np.asarray(dataset.x)), jnp.asarray(dataset.y), splits)
     placement = ClientPlacement.balanced(splits, strategy.client_multiple)
     x, y = placement.pool(load or array_loader(dataset.x, dataset.y), strategy.mesh())
     return Pool(x, y, placement.localize(splits), placement)

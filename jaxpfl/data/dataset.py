@@ -94,12 +94,82 @@ class ClientIndex:
         return np.array_equal(self.flat, other.flat) and np.array_equal(self.offsets, other.offsets)
 
 
+class Rows:
+    """A read-only pool of examples kept on disk: the row-wise concatenation of
+    memory-mapped arrays (e.g. a source's train and test images), read only where indexed.
+
+    ``rows[ids]`` (an integer array, a slice or an int) reads just those rows from the files,
+    so a process that indexes only its own clients' examples (a per-device pool,
+    :func:`jaxpfl.core.placement.place_pool`) never holds the others in memory;
+    ``np.asarray(rows)`` reads everything. ``len``, ``shape``, ``dtype``, ``ndim`` and
+    ``nbytes`` behave as for the concatenated array. :func:`jaxpfl.data.store.pool_arrays`
+    returns one when a source's images are memory-mapped (uncompressed IDX files).
+    """
+
+    def __init__(self, *parts: np.ndarray):
+        if not parts or len({(p.shape[1:], np.dtype(p.dtype)) for p in parts}) != 1:
+            raise DataError("Rows: needs arrays with the same row shape and dtype")
+        self.parts = tuple(parts)
+        self.starts = np.cumsum([0] + [len(p) for p in parts])
+
+    def __len__(self) -> int:
+        return int(self.starts[-1])
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return (len(self),) + tuple(self.parts[0].shape[1:])
+
+    @property
+    def dtype(self) -> np.dtype:
+        return np.dtype(self.parts[0].dtype)
+
+    @property
+    def ndim(self) -> int:
+        return len(self.shape)
+
+    @property
+    def nbytes(self) -> int:
+        return int(np.prod(self.shape, dtype=np.int64)) * self.dtype.itemsize
+
+    def __getitem__(self, key: Any) -> np.ndarray:
+        if isinstance(key, tuple):
+            if not key:
+                return np.asarray(self)
+            return self[key[0]][(slice(None),) + key[1:]]
+        if isinstance(key, slice):
+            ids = np.arange(len(self))[key]
+        else:
+            ids = np.asarray(key)
+            if ids.dtype == bool:
+                ids = np.flatnonzero(ids)
+            if ids.ndim == 0:
+                return self[ids[None]][0]
+            ids = np.where(ids < 0, ids + len(self), ids).astype(np.int64)
+        if len(ids) and (ids.min() < 0 or ids.max() >= len(self)):
+            raise IndexError(f"Rows: index out of range [0, {len(self)})")
+        out = np.empty(ids.shape + self.shape[1:], self.dtype)
+        part = np.searchsorted(self.starts, ids, side="right") - 1
+        for j, a in enumerate(self.parts):
+            sel = part == j
+            if sel.any():
+                out[sel] = a[ids[sel] - self.starts[j]]
+        return out
+
+    def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
+        out = np.concatenate([np.asarray(p) for p in self.parts], axis=0)
+        return out if dtype is None else out.astype(dtype)
+
+    def __repr__(self) -> str:
+        return f"Rows(shape={self.shape}, dtype={self.dtype}, parts={len(self.parts)})"
+
+
 @dataclasses.dataclass(frozen=True)
 class FederatedDataset:
     """A partitioned dataset.
 
     Attributes:
-      x, y: the pool of examples (uint8 NHWC, int32 labels).
+      x, y: the pool of examples (uint8 NHWC, int32 labels); ``x`` may be :class:`Rows`
+        (images left on disk, read where indexed).
       train, test: per-client indices into the pool (``ClientIndex``).
       val: per-client validation indices (``ClientIndex``); always present, one entry per client
         (empty entries when the partition has no validation split; pass None for that).
@@ -110,7 +180,7 @@ class FederatedDataset:
     """
 
     name: str
-    x: np.ndarray
+    x: np.ndarray | Rows
     y: np.ndarray
     train: ClientIndex
     test: ClientIndex

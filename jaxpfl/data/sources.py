@@ -16,6 +16,7 @@ name                   what it reads
 ``emnist_tff``         TFF federated EMNIST HDF5 (``only_digits=``); writers = clients
 ``emnist_tff_digits``  the same with ``only_digits=True``
 ``femnist``            LEAF FEMNIST JSON (``data/train`` + ``data/test`` or ``all_data``)
+``npy``                any of the above saved by :func:`save_npy` (images memory-mapped)
 =====================  =========================================================================
 
 Example::
@@ -56,10 +57,12 @@ __all__ = [
     "load_idx_dir",
     "load_mnist",
     "load_mnist_embedded",
+    "load_npy",
     "load_raw",
     "load_tfds",
     "read_idx",
     "records_to_arrays",
+    "save_npy",
     "to_uint8",
 ]
 
@@ -181,17 +184,25 @@ _IDX_STEMS = {
 _IDX_MAGIC = {"x": 2051, "y": 2049}  # ubyte with 3 dims / 1 dim
 
 
-def read_idx(path: str | Path) -> np.ndarray:
+def read_idx(path: str | Path, *, mmap: bool = False) -> np.ndarray:
     """Parse one IDX file (raw, or gzip when it starts with the gzip magic).
 
     Header: two zero bytes, a type code (0x08 = uint8 ...), the number of dims, then one
     big-endian uint32 per dim; the payload must have exactly ``prod(dims)`` items.
+    ``mmap=True`` maps an uncompressed uint8 file read-only instead of reading it (rows are
+    read from disk when indexed); a gzip file or another dtype is read whole.
     """
     path = Path(path)
     try:
-        blob = path.read_bytes()
-        if blob[:2] == b"\x1f\x8b":
-            blob = gzip.decompress(blob)
+        with open(path, "rb") as f:
+            head = f.read(4 + 4 * 255)
+        packed = head[:2] == b"\x1f\x8b"
+        if not (mmap and not packed and len(head) >= 4 and head[2] == 0x08):
+            blob = path.read_bytes()
+            if packed:
+                blob = gzip.decompress(blob)
+        else:
+            blob = head
     except (OSError, EOFError, zlib.error) as e:
         raise DataError(f"IDX file {path} is unreadable or a broken gzip ({e})") from None
     if len(blob) < 4 or blob[0] or blob[1] or blob[2] not in _IDX_DTYPES:
@@ -203,11 +214,14 @@ def read_idx(path: str | Path) -> np.ndarray:
     dims = tuple(int(d) for d in np.frombuffer(blob, ">u4", ndim, 4))
     dtype = np.dtype(_IDX_DTYPES[blob[2]])
     want = int(np.prod(dims, dtype=np.int64)) * dtype.itemsize
-    if len(blob) - start != want:
+    size = path.stat().st_size if blob is head else len(blob)
+    if size - start != want:
         raise DataError(
-            f"IDX file {path}: payload is {len(blob) - start} bytes, header {dims} needs {want} "
+            f"IDX file {path}: payload is {size - start} bytes, header {dims} needs {want} "
             "(truncated or corrupt)"
         )
+    if blob is head:
+        return np.memmap(path, np.uint8, "r", offset=start, shape=dims)
     return np.frombuffer(blob, dtype, offset=start).reshape(dims).astype(dtype.newbyteorder("="))
 
 
@@ -231,12 +245,15 @@ def load_idx_dir(
 
     Images must be uint8 with 3 dims (magic 2051) and labels uint8 with 1 dim (magic 2049).
     ``num_classes`` defaults to ``max label + 1``; ``how`` ends the missing-data messages.
+    Uncompressed image files are memory-mapped, not read: the pool is then
+    :class:`~jaxpfl.data.dataset.Rows` and a process reads only the rows it indexes (a
+    per-device pool reads only its own clients'); ``.gz`` files are decompressed whole.
     """
     folder = _need_dir(Path(path).expanduser(), name, how)
     arrays = {}
     for key in ("x_train", "y_train", "x_test", "y_test"):
         file = _find_idx(folder, key, how)
-        a = read_idx(file)
+        a = read_idx(file, mmap=key.startswith("x"))  # images stay on disk when raw
         kind = key[0]
         magic = 0x0800 | a.ndim if a.dtype == np.uint8 else -1
         if magic != _IDX_MAGIC[kind]:
@@ -675,6 +692,74 @@ def load_femnist(
     )
 
 
+# ----------------------------------------------------------------------------- .npy folders
+
+_NPY_ARRAYS = ("x_train", "y_train", "x_test", "y_test", "writers_train", "writers_test")
+_NPY_HOW = ("write one with `python experiments/partition.py --dataset <source> --raw-out "
+            "DIR` (or jaxpfl.data.sources.save_npy)")
+
+
+def save_npy(raw: RawData, folder: str | Path) -> Path:
+    """Write ``raw`` as a folder the ``npy`` source reads back: ``x_train.npy``,
+    ``y_train.npy``, ``x_test.npy``, ``y_test.npy`` (``writers_*.npy`` where the source has
+    writers) and ``raw.json`` (name, classes, meta). Any source converted once this way is
+    read with its images memory-mapped, so a process reads only the rows it indexes."""
+    folder = Path(folder).expanduser()
+    folder.mkdir(parents=True, exist_ok=True)
+    for key in _NPY_ARRAYS:
+        a = getattr(raw, key)
+        if a is not None:
+            a = np.asarray(a)
+            np.save(folder / f"{key}.npy", a.astype(str) if key.startswith("writers") else a)
+    info = {"name": raw.name, "num_classes": int(raw.num_classes), "meta": raw.meta}
+    (folder / "raw.json").write_text(json.dumps(info, default=str, indent=1))
+    return folder
+
+
+def load_npy(data_dir: str | None = None) -> RawData:
+    """A folder written by :func:`save_npy`. Images are memory-mapped (read where indexed:
+    the partitioned pool is :class:`~jaxpfl.data.dataset.Rows`); labels and writers are
+    read whole. The dataset keeps its source's name and meta (``meta['stored']`` is the
+    folder), so partition files and label fingerprints carry over."""
+    if data_dir is None:
+        raise DataError(f"npy needs data_dir: a folder written by save_npy; {_NPY_HOW}")
+    folder = _need_dir(Path(data_dir).expanduser(), "npy", _NPY_HOW)
+    if not (folder / "raw.json").is_file():
+        raise DataError(f"no raw.json in {folder}: not a folder written by save_npy; {_NPY_HOW}")
+    try:
+        info = json.loads((folder / "raw.json").read_text())
+        name, num_classes = str(info["name"]), int(info["num_classes"])
+        arrays = {}
+        for key in _NPY_ARRAYS:
+            path = folder / f"{key}.npy"
+            if path.is_file():
+                arrays[key] = np.load(path, mmap_mode="r" if key[0] == "x" else None,
+                                      allow_pickle=False)
+            elif not key.startswith("writers"):
+                raise DataError(f"no {key}.npy in {folder}; {_NPY_HOW}")
+    except DataError:
+        raise
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise DataError(f"{folder}: unreadable npy dataset ({type(e).__name__}: {e})") from None
+    for split in ("train", "test"):
+        x, y = arrays[f"x_{split}"], arrays[f"y_{split}"]
+        if x.dtype != np.uint8 or x.ndim != 4 or y.ndim != 1 or len(x) != len(y):
+            raise DataError(f"{folder}: x_{split} must be uint8 [N, H, W, C] with one label "
+                            f"each, got {x.dtype} {x.shape} and {y.shape} labels")
+        if len(y) and (y.min() < 0 or y.max() >= num_classes):
+            raise DataError(f"{folder}: y_{split} labels outside 0..{num_classes - 1}")
+        w = arrays.get(f"writers_{split}")
+        if w is not None and len(w) != len(y):
+            raise DataError(f"{folder}: writers_{split} has {len(w)} entries, {len(y)} labels")
+    return RawData(
+        name=name, x_train=arrays["x_train"], y_train=arrays["y_train"].astype(np.int32),
+        x_test=arrays["x_test"], y_test=arrays["y_test"].astype(np.int32),
+        num_classes=num_classes, writers_train=arrays.get("writers_train"),
+        writers_test=arrays.get("writers_test"),
+        meta={**info.get("meta", {}), "stored": str(folder)},
+    )
+
+
 # ----------------------------------------------------------------------------- registry
 
 SOURCES: dict[str, Callable[..., RawData]] = {
@@ -686,6 +771,7 @@ SOURCES: dict[str, Callable[..., RawData]] = {
     "emnist_tff": load_emnist_tff,
     "emnist_tff_digits": functools.partial(load_emnist_tff, only_digits=True),
     "femnist": load_femnist,
+    "npy": load_npy,
 }
 
 
