@@ -46,7 +46,8 @@ round 0's stage); "round s" is the mean of the later rounds; "examples/s" is
 by "round s"; "peak RSS" is the subprocess's peak resident host memory (``ru_maxrss``,
 process 0 for 2-process rows); "anon MB" (devices table) its resident anonymous memory at
 the end (``RssAnon``: heap and CPU device buffers, not the file pages of a pool left on disk
-by ``--data-dir`` with uncompressed IDX files); "device peak" is
+by ``--data-dir`` with uncompressed IDX files), "data anon MB" what loading and partitioning
+the dataset added to it; "device peak" is
 ``memory_stats()['peak_bytes_in_use']`` where the backend reports it (not on CPU);
 "state/client" is the bytes of one client's persistent state (0 for FedAvg).
 
@@ -230,10 +231,10 @@ def measure(job: Job) -> dict[str, Any]:
     from jaxpfl.models import count_params, get_model
     from jaxpfl.run import sample_clients
 
-    tic = time.perf_counter()
+    tic, anon0 = time.perf_counter(), _anon_mb()
     raw, data_name = _raw(job)
     ds, split = _split(raw, job.num_clients or job.clients, job.seed)
-    setup_s = time.perf_counter() - tic
+    setup_s, anon_data = time.perf_counter() - tic, _anon_mb()
     model = get_model(job.model, raw.x_train.shape[1:], raw.num_classes)
     alg = _algorithm(job.algorithm, model, job.batch_size)
     strategy = default_strategy() if job.strategy == "default" else Strategy(job.strategy)
@@ -310,6 +311,7 @@ def measure(job: Job) -> dict[str, Any]:
         "examples_per_s": float(np.mean(examples[1:] or examples)) / round_s,
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         "anon_mb": _anon_mb(),
+        "data_anon_mb": None if anon0 is None else anon_data - anon0,
         "pool_on_disk": isinstance(ds.x, Rows),
         "device_peak_mb": (stats["peak_bytes_in_use"] / 2**20
                            if stats and "peak_bytes_in_use" in stats else None),
@@ -402,7 +404,7 @@ def _label(r: dict) -> str:
 def table(rows: list[dict], kind: str) -> str:
     lead_head = {"clients": ["clients/round"],
                  "devices": ["devices", "scaling", "K", "clients/round", "pool layout",
-                             "pool MB/device", "anon MB"],
+                             "pool MB/device", "data anon MB", "anon MB"],
                  "pool": ["K resident", "clients/round", "client state"]}[kind]
     head = lead_head + [
         "algorithm", "strategy", "first s", "round s", "examples/s", "peak RSS MB",
@@ -414,7 +416,8 @@ def table(rows: list[dict], kind: str) -> str:
         elif kind == "devices":
             lead = [_label(r), r["scaling"], str(r.get("num_clients") or r["clients"]),
                     str(r["clients"]), r.get("pool_layout", "replicated"),
-                    _fmt(r.get("pool_mb_per_device"), ",.1f"), _fmt(r.get("anon_mb"), ",.0f")]
+                    _fmt(r.get("pool_mb_per_device"), ",.1f"),
+                    _fmt(r.get("data_anon_mb"), ",.0f"), _fmt(r.get("anon_mb"), ",.0f")]
         else:
             lead = [str(r["num_clients"]), str(r["clients"]), r["client_state"]]
         if "error" in r:

@@ -127,26 +127,24 @@ class ClientPlacement:
             raise ConfigError(f"the placement is for {self.devices} devices, the mesh has "
                               f"{len(axis)}")
         n = self.pool_rows
-        blocks: dict[int, list[np.ndarray]] = {}
+        blocks: dict[int, list[jax.Array]] = {}  # on its device as soon as it is read
         for d in self.local_devices(mesh):
-            arrays = [np.asarray(a) for a in load(self.examples[d])]
             padded = []
-            for a in arrays:
+            for a in load(self.examples[d]):
+                a = np.asarray(a)
                 out = np.zeros((1, n) + a.shape[1:], a.dtype)
                 out[0, : len(a)] = a
-                padded.append(out)
+                padded.append(jax.device_put(out, axis[d]))
             blocks[d] = padded
         if not blocks:
             raise ConfigError("this process owns none of the mesh's devices")
         first = next(iter(blocks.values()))
         sharding = NamedSharding(mesh, P("clients"))
-        out = []
-        for i, proto in enumerate(first):
-            shape = (self.devices,) + proto.shape[1:]
-            arrs = [jax.device_put(blocks[d][i], axis[d]) for d in sorted(blocks)]
-            out.append(PerDevice(jax.make_array_from_single_device_arrays(shape, sharding,
-                                                                          arrs)))
-        return tuple(out)
+        return tuple(
+            PerDevice(jax.make_array_from_single_device_arrays(
+                (self.devices,) + proto.shape[1:], sharding, [blocks[d][i] for d in
+                                                              sorted(blocks)]))
+            for i, proto in enumerate(first))
 
 
 def array_loader(*arrays: np.ndarray) -> Loader:
