@@ -227,7 +227,7 @@ def measure(job: Job) -> dict[str, Any]:
     from jaxpfl.core.placement import place_pool
     from jaxpfl.core.residency import HostRound, client_state_bytes, to_host
     from jaxpfl.core.rounds import phase_plan, round_inputs, stage_groups
-    from jaxpfl.data.dataset import Rows
+    from jaxpfl.data.dataset import MappedRows
     from jaxpfl.models import count_params, get_model
     from jaxpfl.run import sample_clients
 
@@ -312,7 +312,7 @@ def measure(job: Job) -> dict[str, Any]:
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         "anon_mb": _anon_mb(),
         "data_anon_mb": None if anon0 is None else anon_data - anon0,
-        "pool_on_disk": isinstance(ds.x, Rows),
+        "pool_on_disk": isinstance(ds.x, MappedRows),
         "device_peak_mb": (stats["peak_bytes_in_use"] / 2**20
                            if stats and "peak_bytes_in_use" in stats else None),
         "state_bytes_per_client": per_client,

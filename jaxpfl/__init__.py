@@ -66,7 +66,7 @@ from jaxpfl.core import (
     summarize,
     weighted_mean,
 )
-from jaxpfl.data import ClientIndex, FederatedDataset, RawData, Rows
+from jaxpfl.data import ClientIndex, FederatedDataset, MappedRows, RawData
 from jaxpfl.data.federate import PARTITIONS, federate, split_val, support_query
 from jaxpfl.data.rotated import fedora_rotated, load_rotated, rotate, save_rotated
 from jaxpfl.data.sources import SOURCES, load_raw
@@ -108,13 +108,13 @@ __all__ = [
     "GroupStates",
     "HostRound",
     "JaxpflError",
+    "MappedRows",
     "Model",
     "PersonalizedFedAvgConfig",
     "PerDevice",
     "Phase",
     "Pool",
     "RawData",
-    "Rows",
     "RoundInputs",
     "RunConfig",
     "RunError",

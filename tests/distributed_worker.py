@@ -48,7 +48,7 @@ from jaxpfl.core import (  # noqa: E402
     summarize,
 )
 from jaxpfl.core.rounds import phase_plan, round_inputs  # noqa: E402
-from jaxpfl.data.dataset import Rows  # noqa: E402
+from jaxpfl.data.dataset import MappedRows  # noqa: E402
 from jaxpfl.run import Phase, RunConfig, _Checkpoints, run, sample_clients  # noqa: E402
 
 CLIENTS = 4  # of 6: sampled rounds (C < 1) with changing clients and sizes
@@ -96,13 +96,13 @@ class _OnDisk:
 
 def drive(out: str, rounds: int, resume: bool, per_device: bool = False) -> dict:
     """The driver's run; ``per_device``: each device holds only its own clients' examples,
-    the images are on disk (``Rows``, read by the default loader), and the result gets
+    the images are on disk (``MappedRows``, read by the default loader), and the result gets
     ``loaded``: the example ids this process read."""
     ds = toy_dataset()
     loaded: list[int] = []
-    if per_device:  # images "on disk": the default loader reads rows of Rows, recorded
+    if per_device:  # images "on disk": the default loader reads rows of MappedRows, recorded
         half = len(ds.x) // 2
-        ds = dataclasses.replace(ds, x=Rows(_OnDisk(ds.x[:half], 0, loaded),
+        ds = dataclasses.replace(ds, x=MappedRows(_OnDisk(ds.x[:half], 0, loaded),
                                             _OnDisk(ds.x[half:], half, loaded)))
     strategy = dataclasses.replace(STRATEGY, pool_layout="per-device") if per_device \
         else STRATEGY

@@ -126,7 +126,7 @@ def test_two_processes_equal_one_process(runs):
 
 
 def test_per_device_pool_loads_each_process_its_own_clients_and_equals_one_process(runs):
-    """--pool-layout per-device on 2 processes, images on disk (``Rows``, the default
+    """--pool-layout per-device on 2 processes, images on disk (``MappedRows``, the default
     loader): each process reads only the examples of the clients its devices own (disjoint,
     together every client's; the whole file is never read), and the run equals the
     1-process run with the replicated pool (parameters and every evaluation)."""

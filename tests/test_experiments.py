@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from jaxpfl.data.dataset import Rows
+from jaxpfl.data.dataset import MappedRows
 from jaxpfl.data.store import read_partition
 
 REPO = Path(__file__).resolve().parents[1]
@@ -203,19 +203,20 @@ def test_per_device_pool_equals_the_replicated_pool(tmp_path, capsys, monkeypatc
     """Every script with ``--strategy sharded --pool-layout per-device`` (each of the 8 fake
     devices holds only its own clients' examples; its training, stage and evaluations run
     device-affine) logs the same metrics as with the replicated pool. IDX data are
-    uncompressed, so the pool stays on disk (``Rows``), and the per-device run never reads
+    uncompressed, so the pool stays on disk (``MappedRows``), and the per-device run never reads
     it whole."""
     mod = load_script(script)
     dataset = mod.CLI.preset_values(preset)["dataset"]
     data = fixture_args(dataset, tmp_path, packed=False)
     runs, reads = [], []
-    read = Rows.__getitem__
+    read = MappedRows.__getitem__
     for layout in ("replicated", "per-device"):
         out = tmp_path / layout
         with monkeypatch.context() as m:
             if layout == "per-device":
-                m.setattr(Rows, "__array__", _never_whole)
-                m.setattr(Rows, "__getitem__", lambda self, k: reads.append(k) or read(self, k))
+                m.setattr(MappedRows, "__array__", _never_whole)
+                m.setattr(MappedRows, "__getitem__",
+                          lambda self, k: reads.append(k) or read(self, k))
             mod.main(["--preset", preset, "--smoke", "--no-progress", "--out", str(out),
                       "--strategy", "sharded", "--pool-layout", layout, *shrink, *data])
         capsys.readouterr()

@@ -140,9 +140,9 @@ def test_idx_roundtrip(tmp_path, gz):
 
 
 def test_uncompressed_idx_images_stay_on_disk_and_read_like_the_whole_pool(tmp_path):
-    """Raw IDX images are memory-mapped; the partitioned pool is ``Rows`` over them, and
+    """Raw IDX images are memory-mapped; the partitioned pool is ``MappedRows`` over them, and
     every way of indexing it returns what the concatenated in-memory pool returns."""
-    from jaxpfl.data.dataset import Rows
+    from jaxpfl.data.dataset import MappedRows
     from jaxpfl.data.federate import federate
 
     arrays = _write_idx_set(tmp_path, gz=False)
@@ -155,7 +155,7 @@ def test_uncompressed_idx_images_stay_on_disk_and_read_like_the_whole_pool(tmp_p
     ds = federate(raw, "dirichlet", 3, alpha=1.0, seed=0, min_size=1)
     whole = np.concatenate([arrays["train-images-idx3-ubyte"],
                             arrays["t10k-images-idx3-ubyte"]])[..., None]
-    assert isinstance(ds.x, Rows) and ds.x.shape == whole.shape and len(ds.x) == len(whole)
+    assert isinstance(ds.x, MappedRows) and ds.x.shape == whole.shape and len(ds.x) == len(whole)
     assert ds.x.dtype == np.uint8 and ds.x.ndim == 4 and ds.x.nbytes == whole.nbytes
     assert ds.meta["hash"] == federate(ref, "dirichlet", 3, alpha=1.0, seed=0,
                                        min_size=1).meta["hash"]
@@ -374,7 +374,7 @@ def test_npy_folder_reads_back_any_source_with_images_on_disk(tmp_path):
     """save_npy then the ``npy`` source: the same arrays, writers and name, images
     memory-mapped; the natural (writer) partition, and a partition file made on the
     original source, replay on the copy with the same content hash."""
-    from jaxpfl.data.dataset import Rows
+    from jaxpfl.data.dataset import MappedRows
     from jaxpfl.data.federate import federate
     from jaxpfl.data.store import load_partition, save_partition
 
@@ -389,7 +389,7 @@ def test_npy_folder_reads_back_any_source_with_images_on_disk(tmp_path):
         np.testing.assert_array_equal(getattr(raw, key), getattr(src, key))
     assert raw.y_train.dtype == np.int32
     a, b = (federate(r, "natural", train_frac=0.8, seed=0) for r in (src, raw))
-    assert isinstance(b.x, Rows) and a.meta["hash"] == b.meta["hash"]
+    assert isinstance(b.x, MappedRows) and a.meta["hash"] == b.meta["hash"]
     assert a.client_ids == b.client_ids
     np.testing.assert_array_equal(np.asarray(b.x), a.x)
     part = save_partition(tmp_path / "p.npz", a)

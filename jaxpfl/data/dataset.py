@@ -94,7 +94,7 @@ class ClientIndex:
         return np.array_equal(self.flat, other.flat) and np.array_equal(self.offsets, other.offsets)
 
 
-class Rows:
+class MappedRows:
     """A read-only pool of examples kept on disk: the row-wise concatenation of
     memory-mapped arrays (e.g. a source's train and test images), read only where indexed.
 
@@ -108,7 +108,7 @@ class Rows:
 
     def __init__(self, *parts: np.ndarray):
         if not parts or len({(p.shape[1:], np.dtype(p.dtype)) for p in parts}) != 1:
-            raise DataError("Rows: needs arrays with the same row shape and dtype")
+            raise DataError("MappedRows: needs arrays with the same row shape and dtype")
         self.parts = tuple(parts)
         self.starts = np.cumsum([0] + [len(p) for p in parts])
 
@@ -146,7 +146,7 @@ class Rows:
                 return self[ids[None]][0]
             ids = np.where(ids < 0, ids + len(self), ids).astype(np.int64)
         if len(ids) and (ids.min() < 0 or ids.max() >= len(self)):
-            raise IndexError(f"Rows: index out of range [0, {len(self)})")
+            raise IndexError(f"MappedRows: index out of range [0, {len(self)})")
         out = np.empty(ids.shape + self.shape[1:], self.dtype)
         part = np.searchsorted(self.starts, ids, side="right") - 1
         for j, a in enumerate(self.parts):
@@ -160,7 +160,7 @@ class Rows:
         return out if dtype is None else out.astype(dtype)
 
     def __repr__(self) -> str:
-        return f"Rows(shape={self.shape}, dtype={self.dtype}, parts={len(self.parts)})"
+        return f"MappedRows(shape={self.shape}, dtype={self.dtype}, parts={len(self.parts)})"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -168,7 +168,7 @@ class FederatedDataset:
     """A partitioned dataset.
 
     Attributes:
-      x, y: the pool of examples (uint8 NHWC, int32 labels); ``x`` may be :class:`Rows`
+      x, y: the pool of examples (uint8 NHWC, int32 labels); ``x`` may be :class:`MappedRows`
         (images left on disk, read where indexed).
       train, test: per-client indices into the pool (``ClientIndex``).
       val: per-client validation indices (``ClientIndex``); always present, one entry per client
@@ -180,7 +180,7 @@ class FederatedDataset:
     """
 
     name: str
-    x: np.ndarray | Rows
+    x: np.ndarray | MappedRows
     y: np.ndarray
     train: ClientIndex
     test: ClientIndex

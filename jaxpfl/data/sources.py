@@ -246,7 +246,7 @@ def load_idx_dir(
     Images must be uint8 with 3 dims (magic 2051) and labels uint8 with 1 dim (magic 2049).
     ``num_classes`` defaults to ``max label + 1``; ``how`` ends the missing-data messages.
     Uncompressed image files are memory-mapped, not read: the pool is then
-    :class:`~jaxpfl.data.dataset.Rows` and a process reads only the rows it indexes (a
+    :class:`~jaxpfl.data.dataset.MappedRows` and a process reads only the rows it indexes (a
     per-device pool reads only its own clients'); ``.gz`` files are decompressed whole.
     """
     folder = _need_dir(Path(path).expanduser(), name, how)
@@ -718,7 +718,7 @@ def save_npy(raw: RawData, folder: str | Path) -> Path:
 
 def load_npy(data_dir: str | None = None) -> RawData:
     """A folder written by :func:`save_npy`. Images are memory-mapped (read where indexed:
-    the partitioned pool is :class:`~jaxpfl.data.dataset.Rows`); labels and writers are
+    the partitioned pool is :class:`~jaxpfl.data.dataset.MappedRows`); labels and writers are
     read whole. The dataset keeps its source's name and meta (``meta['stored']`` is the
     folder), so partition files and label fingerprints carry over."""
     if data_dir is None:

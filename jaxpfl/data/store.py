@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from jaxpfl.data.dataset import ClientIndex, DataError, FederatedDataset, RawData, Rows
+from jaxpfl.data.dataset import ClientIndex, DataError, FederatedDataset, MappedRows, RawData
 
 __all__ = [
     "pool_arrays",
@@ -42,12 +42,12 @@ __all__ = [
 ]
 
 
-def pool_arrays(raw: RawData) -> tuple[np.ndarray | Rows, np.ndarray, int]:
+def pool_arrays(raw: RawData) -> tuple[np.ndarray | MappedRows, np.ndarray, int]:
     """``(x, y, n_train)``: the source's train examples followed by its test examples.
     Memory-mapped images (uncompressed IDX files, ``np.load(..., mmap_mode="r")``) stay on
-    disk: ``x`` is then :class:`~jaxpfl.data.dataset.Rows`, read where indexed."""
+    disk: ``x`` is then :class:`~jaxpfl.data.dataset.MappedRows`, read where indexed."""
     if isinstance(raw.x_train, np.memmap) or isinstance(raw.x_test, np.memmap):
-        x = Rows(raw.x_train, raw.x_test)
+        x = MappedRows(raw.x_train, raw.x_test)
     else:
         x = np.concatenate([raw.x_train, raw.x_test], axis=0)
     y = np.concatenate([np.asarray(raw.y_train), np.asarray(raw.y_test)]).astype(np.int32)
