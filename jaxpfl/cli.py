@@ -686,6 +686,9 @@ class StrategyArgs:
       pool_layout: the examples on the devices with --strategy sharded: replicated (every
         device holds all) or per-device (each device holds only its own clients' examples,
         each process loads only its devices' share)
+      buckets: at most this many client-size groups per mapped call (jitted strategies):
+        each group is one compiled shape, padded to its widest client; fewer groups compile
+        faster, more pad less (none: the engine's default, ``Strategy.buckets``)
     """
 
     strategy: str | None = dataclasses.field(
@@ -700,9 +703,10 @@ class StrategyArgs:
     pool_layout: str = dataclasses.field(
         default="replicated", metadata={**NO_EFFECT, "choices": tuple(POOL_LAYOUTS)}
     )
+    buckets: int | None = dataclasses.field(default=None, metadata=NO_EFFECT)
 
     def __post_init__(self):
-        for name in ("chunk_size", "step_block", "unroll"):
+        for name in ("chunk_size", "step_block", "unroll", "buckets"):
             v = getattr(self, name)
             if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 1):
                 raise ConfigError(f"--{name.replace('_', '-')} must be an integer >= 1, got {v!r}")
@@ -718,9 +722,10 @@ def strategy_from_args(args: StrategyArgs) -> Any:
     block = args.step_block if args.step_block is not None else base.exec.step_block
     if name != "sequential" and args.step_block is None:
         block = None
+    extra = {} if args.buckets is None else {"buckets": args.buckets}
     return Strategy(
         name, chunk_size=args.chunk_size, exec=ExecOptions(unroll=args.unroll, step_block=block),
-        client_state=args.client_state, pool_layout=args.pool_layout,
+        client_state=args.client_state, pool_layout=args.pool_layout, **extra,
     )
 
 

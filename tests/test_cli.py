@@ -20,6 +20,7 @@ from jaxpfl import cli
 from jaxpfl.algorithms.fedavg import FedAvgConfig
 from jaxpfl.algorithms.personalized_fedavg import PersonalizedFedAvgConfig
 from jaxpfl.cli import DataConfig, Sampling, StrategyArgs
+from jaxpfl.core.engine import Strategy
 from jaxpfl.errors import ConfigError, DataError, RunError
 from jaxpfl.run import RunConfig
 
@@ -207,6 +208,7 @@ def test_preset_tables_are_checked():
         ("fedavg", ["--alpha", "0"], "--alpha must be > 0"),
         ("fedavg", ["--train-frac", "1.5"], "--train-frac must be in [0, 1]"),
         ("fedavg", ["--chunk-size", "0"], "--chunk-size must be an integer >= 1"),
+        ("fedavg", ["--buckets", "0"], "--buckets must be an integer >= 1"),
         ("fedavg", ["--model", "resnet"], "invalid choice: 'resnet'"),
         ("fedavg", ["--partition-file", "x.npz", "--alpha", "0.5"], "drop --alpha"),
         ("fedavg", ["--partition-file", "/nonexistent/x.npz"], "no such partition file"),
@@ -331,7 +333,8 @@ def test_config_text_changes_exactly_with_results_fields(script):
     c = SCRIPTS[script].CLI
     base = c.parse([]).config_text()
     same = ["--out", "x", "--no-progress", "--strategy", "vmap", "--chunk-size", "2", "--resume",
-            "--checkpoint-every", "3", "--data-dir", "d", "--step-block", "4"]  # fmt: skip
+            "--checkpoint-every", "3", "--data-dir", "d", "--step-block", "4",
+            "--buckets", "2"]  # fmt: skip
     assert c.parse(same).config_text() == base
     skipped = []
     for name, s in c.specs.items():
@@ -441,6 +444,8 @@ def test_strategy_args():
     s = cli.strategy_from_args(StrategyArgs(strategy="chunked", chunk_size=3))
     assert s.name == "chunked" and s.chunk_size == 3 and s.exec.step_block is None
     assert cli.strategy_from_args(StrategyArgs()).name in ("sequential", "vmap")
+    assert cli.strategy_from_args(StrategyArgs()).buckets == Strategy("vmap").buckets
+    assert cli.strategy_from_args(StrategyArgs(strategy="vmap", buckets=2)).buckets == 2
     assert isinstance(fedavg.parse([])[RunConfig], RunConfig)
 
 

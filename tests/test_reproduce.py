@@ -17,6 +17,9 @@ import pytest
 
 from jaxpfl.cli import ExperimentCli
 
+# the module fixture runs once: its tests stay on one xdist worker
+pytestmark = pytest.mark.xdist_group("reproduce")
+
 REPO = Path(__file__).resolve().parents[1]
 
 
