@@ -1,11 +1,22 @@
-"""Test settings: 8 fake CPU devices (sharded strategy), rank promotion raises."""
+"""Test settings: 8 fake CPU devices (sharded strategy), rank promotion raises, and one
+compilation cache for the whole session."""
 
 import os
+import shutil
+import tempfile
 
 os.environ["XLA_FLAGS"] = (
     os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
 ).strip()
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
+# Many tests compile the same programs (the same toy round under another strategy, a script
+# run twice, subprocess runs). JAX's persistent cache, in a fresh folder per session (made by
+# the first process; xdist workers and subprocesses inherit the variable), compiles each once.
+# A cached executable is the one XLA would build: results do not change.
+_OWN_CACHE = "JAX_COMPILATION_CACHE_DIR" not in os.environ
+if _OWN_CACHE:
+    os.environ["JAX_COMPILATION_CACHE_DIR"] = tempfile.mkdtemp(prefix="jaxpfl-test-xla-")
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
 
 import jax  # noqa: E402
 
@@ -28,3 +39,9 @@ def pytest_runtest_makereport(item, call):
         reason = report.longrepr[-1] if isinstance(report.longrepr, tuple) else report.longrepr
         report.outcome = "failed"
         report.longrepr = f"skipped in CI (every dependency must be present there): {reason}"
+
+
+def pytest_sessionfinish(session, exitstatus):
+    """The session's compilation cache goes with it (the process that made it removes it)."""
+    if _OWN_CACHE and not os.environ.get("PYTEST_XDIST_WORKER"):
+        shutil.rmtree(os.environ["JAX_COMPILATION_CACHE_DIR"], ignore_errors=True)

@@ -27,9 +27,6 @@ from toy import toy_dataset
 from jaxpfl import distributed
 from jaxpfl.errors import ConfigError
 
-# the module fixture runs once: its tests stay on one xdist worker
-pytestmark = pytest.mark.xdist_group("cluster")
-
 WORKER = Path(__file__).with_name("distributed_worker.py")
 TIMEOUT_S = 300
 _CLUSTER_VARS = ("JAX_COORDINATOR_ADDRESS", "JAX_NUM_PROCESSES", "JAX_PROCESS_ID",

@@ -17,9 +17,6 @@ import pytest
 
 from jaxpfl.cli import ExperimentCli
 
-# the module fixture runs once: its tests stay on one xdist worker
-pytestmark = pytest.mark.xdist_group("reproduce")
-
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -85,8 +82,8 @@ def test_tables_cover_every_preset_and_reference_column(tmp_path: Path) -> None:
 
 
 def fashion_fixture(tmp: Path) -> Path:
-    """Fake Fashion-MNIST IDX files (the tests' fixture layout, from test_experiments)."""
-    from test_experiments import fixture_args
+    """Fake Fashion-MNIST IDX files (the tests' fixture layout, tests/scripts.py)."""
+    from scripts import fixture_args
 
     return Path(fixture_args("fashion_mnist", tmp)[1])
 

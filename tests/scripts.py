@@ -1,0 +1,70 @@
+"""Helpers of the end-to-end tests (not collected): the experiment scripts as modules,
+fixture data in each dataset's on-disk layout, and a smoke run of a preset."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def load_script(name: str):
+    """``experiments/<name>.py`` as a module (registered, so its dataclasses resolve)."""
+    modname = f"_experiment_{name}"
+    if modname not in sys.modules:
+        spec = importlib.util.spec_from_file_location(modname, REPO / "experiments" / f"{name}.py")
+        mod = importlib.util.module_from_spec(spec)
+        sys.modules[modname] = mod
+        spec.loader.exec_module(mod)
+    return sys.modules[modname]
+
+
+def _fixtures():
+    spec = importlib.util.spec_from_file_location(
+        "make_fixtures", REPO / "data_prep" / "make_fixtures.py"
+    )
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def fixture_args(dataset: str, tmp: Path, packed: bool = True) -> list[str]:
+    """Fake data in the exact on-disk layout of ``dataset``; the ``--data-dir`` flag for it.
+    ``packed=False``: IDX files uncompressed (the loader memory-maps their images)."""
+    fx = _fixtures()
+    if dataset == "mnist_embedded":
+        return []
+    if dataset == "emnist_tff":
+        fx.write_tff_emnist(tmp / "tff", num_writers=12)
+        return ["--data-dir", str(tmp / "tff")]
+    if dataset == "femnist":
+        fx.write_leaf_femnist(tmp / "leaf", layout="user", num_writers=10)
+        return ["--data-dir", str(tmp / "leaf" / "data")]
+    if dataset in ("fashion_mnist", "mnist"):
+        rng = np.random.default_rng(0)
+        folder = tmp / "idx"
+        folder.mkdir()
+        gz = ".gz" if packed else ""
+        for stem, n in (("train", 1600), ("t10k", 400)):
+            fx.write_idx(folder / f"{stem}-labels-idx1-ubyte{gz}", rng.integers(0, 10, n))
+            fx.write_idx(folder / f"{stem}-images-idx3-ubyte{gz}",
+                         rng.integers(0, 256, (n, 28, 28)))
+        return ["--data-dir", str(folder)]
+    raise AssertionError(f"no fixture for dataset {dataset!r}: add one for the new preset")
+
+
+def smoke_run(script: str, preset: str, tmp_path, capsys):
+    """``script --preset preset --smoke`` on fixture data: (module, out dir, stdout, records)."""
+    mod = load_script(script)
+    dataset = mod.CLI.preset_values(preset)["dataset"]
+    out = tmp_path / "o"
+    argv = ["--preset", preset, "--smoke", "--no-progress", "--out", str(out)]
+    mod.main([*argv, *fixture_args(dataset, tmp_path)])
+    stdout = capsys.readouterr().out
+    records = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    return mod, out, stdout, records
