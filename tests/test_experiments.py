@@ -1,7 +1,7 @@
 """End-to-end runs of the experiment scripts: EVERY FedAvg and Personalized FedAvg preset at
 smoke scale (``--smoke``) on fixture data, the README's main command, and replaying a saved
-split (``--partition-file``). The other algorithms' presets and the pool layouts are in
-tests/test_experiments_personal.py."""
+split (``--partition-file``). The other algorithms' presets: tests/test_experiments_personal.py;
+the pool layouts: tests/test_pool_layouts.py."""
 
 from __future__ import annotations
 
