@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import importlib.util
 import json
 import os
 import subprocess
@@ -15,6 +14,7 @@ from pathlib import Path
 import jax
 import numpy as np
 import pytest
+from scripts import load_script
 
 from jaxpfl import cli
 from jaxpfl.algorithms.fedavg import FedAvgConfig
@@ -26,17 +26,6 @@ from jaxpfl.run import RunConfig
 
 REPO = Path(__file__).resolve().parents[1]
 FMNIST_DIR = "/usr/share/datasets/fashion-mnist"
-
-
-def load_script(name: str):
-    """``experiments/<name>.py`` as a module (registered, so its dataclasses resolve)."""
-    modname = f"_experiment_{name}"
-    if modname not in sys.modules:
-        spec = importlib.util.spec_from_file_location(modname, REPO / "experiments" / f"{name}.py")
-        mod = importlib.util.module_from_spec(spec)
-        sys.modules[modname] = mod
-        spec.loader.exec_module(mod)
-    return sys.modules[modname]
 
 
 fedavg = load_script("fedavg")
