@@ -151,7 +151,9 @@ PRESETS: tuple[Preset, ...] = (
         ),
         references=(
             Reference(
-                source="jaxpfl README (our own measurement, seeds 0 1 2, mean ± 0.19 / 0.13)",
+                source="jaxpfl's own earlier run (reproduce.py perfedavg:default, seeds 0 1 2, "
+                "mean ± 0.19 / 0.13; not a published number)",
+                kind="regression",
                 metric="init_acc_mean / pers_acc_mean: final model, mean over the 10 held-out "
                 "clients' query sets, before / after 5 personalization epochs",
                 columns=COLUMNS,

@@ -46,6 +46,7 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 from jaxpfl.cli import (  # noqa: E402
+    REFERENCE_KINDS,
     CliParser,
     ExperimentCli,
     Preset,
@@ -435,9 +436,15 @@ def mean_std(values: Sequence[float | None]) -> tuple[float | None, float | None
     return m, (sum((v - m) ** 2 for v in nums) / len(nums)) ** 0.5
 
 
+def printed_reference_lines(lines: Sequence[str]) -> list[str]:
+    """The lines of a script's output that compare the run with a reference (published, a
+    regression reference, or ``not comparable: ...``)."""
+    return [x for x in lines if x.startswith((*REFERENCE_KINDS.values(), "not comparable: "))]
+
+
 def reference_line(ref: Reference, lines: Sequence[str]) -> tuple[bool | None, str | None]:
     """(comparable, the script's line) for ``ref`` among the lines it printed."""
-    ok = f"published ({ref.source}; metric: {ref.metric}): "
+    ok = f"{ref.label} ({ref.source}; metric: {ref.metric}): "
     no = f"not comparable: {ref.source} was measured with "
     for line in lines:
         if line.startswith(ok):
@@ -449,7 +456,7 @@ def reference_line(ref: Reference, lines: Sequence[str]) -> tuple[bool | None, s
 
 def printed_numbers(ref: Reference, line: str) -> tuple[dict[str, float], dict[str, float]]:
     """(published, this run) numbers by column from a comparable line (2 decimals)."""
-    rest = line[len(f"published ({ref.source}; metric: {ref.metric}): ") :]
+    rest = line[len(f"{ref.label} ({ref.source}; metric: {ref.metric}): ") :]
     pub_text, _, mine_text = rest.partition(" | this run: ")
 
     def grab(text: str) -> dict[str, float]:
@@ -554,9 +561,7 @@ def run_target(
                 wall_seconds=wall,
                 train_seconds=summary.get("train_seconds"),
                 rounds=summary.get("rounds"),
-                reference_lines=[
-                    x for x in lines if x.startswith(("published", "not comparable: "))
-                ],
+                reference_lines=printed_reference_lines(lines),
             )
         )
     head = headline_of(t, summaries[seeds[0]])
@@ -577,7 +582,8 @@ def run_target(
             ours = entry["ours"][c]["mean"]
             gap = None if ours is None else ours - pub
             entry["gap"][c] = gap
-            gaps.append(dict(source=ref.source, column=c, ours=ours, published=pub, gap=gap))
+            gaps.append(dict(source=ref.source, column=c, ours=ours, published=pub, gap=gap,
+                             kind=ref.kind))
     walls = [row["wall_seconds"] for row in per_seed]
     stem = f"{t.script}_{t.preset.name}_{scale}"
     seeds_text = ",".join(map(str, seeds))
@@ -606,7 +612,7 @@ def run_target(
         wall_seconds_mean=sum(walls) / len(walls),
         references=references,
         gaps=gaps,
-        has_published=bool(t.preset.references),
+        has_published=any(r.kind == "published" for r in t.preset.references),
         baselines=baselines,
         machine=machine_info(),
         plot=f"{stem}.png",
@@ -712,6 +718,8 @@ def reference_entry(
         reasons = (found[0][1] or "").split(" was measured with ", 1)[-1]
     return dict(
         source=ref.source,
+        kind=ref.kind,
+        label=ref.label,
         metric=ref.metric,
         columns=list(ref.columns),
         cells=[
@@ -778,7 +786,8 @@ def plot(
     for g in doc["gaps"]:
         if g["column"] == head["column"]:
             ax.axhline(g["published"], ls="--", color="gray", lw=1)
-            ax.annotate(f"published {g['published']:.2f}", (0, g["published"]), fontsize=7,
+            what = "published" if g.get("kind", "published") == "published" else "regression ref."
+            ax.annotate(f"{what} {g['published']:.2f}", (0, g["published"]), fontsize=7,
                         xytext=(2, 2), textcoords="offset points", color="gray")
     ax.set_xlabel("round")
     ax.set_ylabel(f"{head.get('history_metric', head['metric']).replace('|', ' / ')} (%)")
@@ -861,7 +870,8 @@ def published_text(doc: Mapping[str, Any]) -> str:
             nums = f"a table of {len(ref['cells'])} settings"
         state = {True: "comparable", False: "not comparable", None: "comparability unknown"}
         why = ref["not_comparable_because"]
-        parts.append(f"{nums} ({ref['source']}; {state[ref['comparable']]}"
+        kind = "" if ref.get("kind", "published") == "published" else f"{ref['label']}: "
+        parts.append(f"{kind}{nums} ({ref['source']}; {state[ref['comparable']]}"
                      + (f": {why}" if why else "") + ")")
     return "<br>".join(parts)
 
@@ -924,7 +934,9 @@ def render_report(results_dir: Path, out: Path) -> str:
         "published number is compared only where the script itself judges the run's setting "
         "the same (its `reference_lines`); *gap* = ours − published in points, and a gap "
         f"over {EXPLAIN_ABOVE:g} point needs an entry in `EXPLANATIONS` (else it reads "
-        "*unexplained*).",
+        "*unexplained*). A *regression reference* is jaxpfl's own earlier run of the same "
+        "preset, not a published number: its gap only shows whether the code still gives "
+        "what it gave.",
         "",
     ]
     if not docs:
@@ -943,7 +955,8 @@ def render_report(results_dir: Path, out: Path) -> str:
         title = clis[script].description.split(":")[0] if script in clis else script
         lines += [f"## {script}: {title}", ""]
         lines += [
-            "| preset | scale | metric | ours (mean ± std, %) | published (source) | gap (points) "
+            "| preset | scale | metric | ours (mean ± std, %) | published or regression reference "
+            "(source) | gap (points) "
             "| seeds | wall per seed | machine | plot |",
             "|---|---|---|---|---|---|---|---|---|---|",
         ]
@@ -1034,7 +1047,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"\n{t.name} ({args.scale}, seeds {','.join(map(str, seeds))}): "
               f"{label_of(head)} {pct(doc['mean'])} ± {pct(doc['std'])} %")
         for g in doc["gaps"]:
-            print(f"  vs {g['source']}: published {g['published']:.2f}, gap "
+            print(f"  vs {g['source']}: {REFERENCE_KINDS[g['kind']]} {g['published']:.2f}, gap "
                   f"{'n/a' if g['gap'] is None else format(g['gap'], '+.2f')} points")
         for b in doc["baselines"]:
             d = b["ours_minus_baseline"]

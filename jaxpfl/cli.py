@@ -54,6 +54,7 @@ __all__ = [
     "FieldSpec",
     "Parsed",
     "Preset",
+    "REFERENCE_KINDS",
     "Reference",
     "Sampling",
     "StrategyArgs",
@@ -745,6 +746,14 @@ class AtLeast:
         return f">= {format_value(self.value)}"
 
 
+#: What a :class:`Reference` is: a number someone else published (a paper, a peer library's
+#: own benchmark or its code run by us), or jaxpfl's own earlier measurement, which only
+#: guards against regressions and is never called published.
+REFERENCE_KINDS: Mapping[str, str] = types.MappingProxyType(
+    {"published": "published", "regression": "regression reference"}
+)
+
+
 @dataclasses.dataclass(frozen=True)
 class Reference:
     """Numbers someone measured, and the setting they were measured in.
@@ -752,6 +761,8 @@ class Reference:
     ``values`` maps a cell (the run's values of the names in ``cell``) to one number per
     ``columns`` entry. ``setting`` maps names (fields, or derived names the script supplies,
     such as ``clients_per_round``) to the value of the measurement (or :class:`AtLeast`).
+    ``kind``: ``published`` (numbers of a paper or a peer's own benchmark) or ``regression``
+    (jaxpfl's own earlier run: printed as a regression reference, never as published).
     With ``whole_preset``, every results-changing value of the preset (except ``ignore``: the
     seed, and the two spellings of clients per round, which a derived ``clients_per_round``
     states once) is part of the setting too (``setting`` entries override it).
@@ -765,6 +776,17 @@ class Reference:
     setting: Mapping[str, Any] = dataclasses.field(default_factory=dict)
     whole_preset: bool = False
     ignore: tuple[str, ...] = ("seed", "clients", "participation")
+    kind: str = "published"
+
+    def __post_init__(self):
+        if self.kind not in REFERENCE_KINDS:
+            raise TypeError(f"Reference kind {self.kind!r}: one of {', '.join(REFERENCE_KINDS)}")
+
+    @property
+    def label(self) -> str:
+        """How the numbers are named where they are shown: ``published`` (a paper's or a
+        peer's own benchmark) or ``regression reference`` (jaxpfl's own earlier run)."""
+        return REFERENCE_KINDS[self.kind]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -1093,7 +1115,7 @@ class ExperimentCli:
             pub = ", ".join(f"{c} {v:.2f}" for c, v in zip(ref.columns, numbers))
             mine = ", ".join(f"{c} {ours[c]:.2f}" if c in ours else f"{c} n/a" for c in ref.columns)
             lines.append(
-                f"published ({ref.source}; metric: {ref.metric}): {pub} | this run: {mine}"
+                f"{ref.label} ({ref.source}; metric: {ref.metric}): {pub} | this run: {mine}"
             )
         return lines
 
@@ -1127,7 +1149,7 @@ class ExperimentCli:
                     + " / ".join(f"{v:.2f}" for v in nums)
                     for c, nums in ref.values.items()
                 )
-                out.append(f"  compare:   {ref.source}; metric: {ref.metric}")
+                out.append(f"  compare:   {ref.label}: {ref.source}; metric: {ref.metric}")
                 out.append(
                     "             measured with "
                     + " and ".join(x for x in (whole, own) if x)

@@ -392,6 +392,29 @@ def test_kt_pfa_published_in_its_whole_setting_only():
     assert "--shuffle off (this run: on)" in line and "--kt-epochs 10 (this run: 1)" in line
 
 
+def test_own_earlier_run_is_a_regression_reference_never_published():
+    """The main job's reference is jaxpfl's own earlier run: in its own setting the line says
+    "regression reference", the word "published" appears nowhere (line, --list-presets)."""
+    (ref,) = perfedavg.CLI.presets["default"].references
+    assert ref.kind == "regression" and ref.label == "regression reference"
+    p = perfedavg.parse([])
+    run = {**perfedavg.CLI.preset_values("default"), "clients_per_round": 20,
+           "data_clients": 50, "eval_clients": 10}
+    ours = {perfedavg.COLUMNS[0]: 95.0, perfedavg.COLUMNS[1]: 99.0}
+    (line,) = p.reference_lines(run, ours)
+    assert line.startswith("regression reference (jaxpfl's own earlier run")
+    assert "published" not in line.replace("not a published number", "")
+    listed = perfedavg.CLI.format_presets().split("fmnist_writers:")[0]
+    assert "compare:   regression reference: jaxpfl's own earlier run" in listed
+    with pytest.raises(TypeError, match="kind"):
+        cli.Reference("x", "m", ("c",), {(): (1.0,)}, kind="ours")
+    # every other reference of every script is a published one, and says so
+    for mod in (fedavg, perfedavg):
+        for preset in mod.CLI.presets.values():
+            for r in preset.references:
+                assert (r.kind == "regression") == r.source.startswith("jaxpfl")
+
+
 def test_pfllib_references_by_rounds():
     p = fedavg.parse(["--preset", "pfllib"])
     v = {**fedavg.CLI.preset_values("pfllib"), "clients_per_round": 20}

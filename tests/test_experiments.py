@@ -11,7 +11,7 @@ import sys
 
 import numpy as np
 import pytest
-from scripts import REPO, load_script, smoke_run
+from scripts import REPO, assert_matches_recorded, load_script, smoke_run
 
 from jaxpfl.data.store import read_partition
 
@@ -23,6 +23,7 @@ PRESETS = [
 @pytest.mark.parametrize("script,preset", PRESETS)
 def test_every_preset_runs_at_smoke_scale(tmp_path, capsys, script, preset):
     mod, out, stdout, records = smoke_run(script, preset, tmp_path, capsys)
+    assert_matches_recorded(script, preset, records)
     assert records[0]["round"] == 0
     summary = json.loads((out / "summary.json").read_text())
     assert summary["rounds"] == records[-1]["round"] > 0
@@ -63,7 +64,7 @@ def test_readme_main_command(tmp_path):
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "| 20 | 1 | 1+0 |" in proc.stdout  # clients/round, E, rounds
-    assert "not comparable: jaxpfl README" in proc.stdout
+    assert "not comparable: jaxpfl's own earlier run" in proc.stdout
 
 
 def test_readme_fedavg_command_parses():

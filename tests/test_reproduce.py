@@ -266,6 +266,25 @@ def test_a_metric_baseline_is_read_from_our_own_runs(tmp_path: Path) -> None:
     assert [R.curve(h, head) for h in hists] == [[(0, 10.0), (5, 80.0)]] * 2
 
 
+def test_own_earlier_run_reads_as_a_regression_reference(tmp_path: Path) -> None:
+    """perfedavg:default compares with jaxpfl's own earlier run: the script's line is found
+    (its label, not "published"), and the report names it a regression reference."""
+    t = R.find_target("perfedavg:default")
+    parsed = t.cli.parse(["--out", str(tmp_path / "x")])
+    run = {**parsed.values, "clients_per_round": 20, "data_clients": 50, "eval_clients": 10}
+    ours = {"initial acc (%)": 95.0, "personalized acc (%)": 99.0}
+    lines = R.printed_reference_lines(["| metric |", *parsed.reference_lines(run, ours)])
+    summaries = {0: {"init_acc_mean": {"final": 0.95}, "pers_acc_mean": {"final": 0.99}}}
+    (entry,) = [R.reference_entry(t, ref, [{"seed": 0, "reference_lines": lines}], summaries)
+                for ref in t.preset.references]
+    assert entry["comparable"] is True and entry["kind"] == "regression"
+    assert entry["published"] == {"initial acc (%)": 95.84, "personalized acc (%)": 99.30}
+    doc = {"references": [entry], "headline": {"column": "personalized acc (%)"}}
+    text = R.published_text(doc)
+    assert text.startswith("regression reference: 99.30 (jaxpfl's own earlier run")
+    assert "comparable" in text
+
+
 def test_committed_report_is_what_the_committed_json_says() -> None:
     """docs/results.md is exactly the report of docs/results/*.json (regenerate it with
     `python experiments/reproduce.py report` after recording a result)."""
