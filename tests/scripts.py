@@ -68,3 +68,27 @@ def smoke_run(script: str, preset: str, tmp_path, capsys):
     stdout = capsys.readouterr().out
     records = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
     return mod, out, stdout, records
+
+
+RECORDED = REPO / "tests" / "data" / "smoke_records.json"
+
+
+def assert_matches_recorded(script: str, preset: str, records: list[dict], extra: str = ""):
+    """The smoke run's records equal those recorded before the experiment layer was reworked
+    (``tests/data/smoke_records.json``), metric for metric: the same keys, the same rounds,
+    every number within 1e-4 (relative or absolute; timings are not compared). Values from
+    another CPU may differ in the last bits, hence the tolerance."""
+    key = f"{script}:{preset}" + (f":{extra}" if extra else "")
+    want = json.loads(RECORDED.read_text())["runs"][key]
+    got = [{k: v for k, v in r.items() if "seconds" not in k} for r in records]
+    assert len(got) == len(want), (key, len(got), len(want))
+    for g, w in zip(got, want):
+        assert sorted(g) == sorted(w), (key, set(g) ^ set(w))
+        for k, wv in w.items():
+            gv = g[k]
+            if isinstance(wv, bool) or isinstance(wv, str) or wv is None:
+                assert gv == wv, (key, g["round"], k, gv, wv)
+            else:
+                np.testing.assert_allclose(np.asarray(gv, np.float64), np.asarray(wv, np.float64),
+                                           rtol=1e-4, atol=1e-4, err_msg=f"{key} round "
+                                           f"{g['round']} {k}")
