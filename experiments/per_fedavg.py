@@ -114,7 +114,8 @@ PRESETS: tuple[Preset, ...] = (
         about="KT-Per (KarhouTam/Per-FedAvg): MNIST, fedlab shards (2 per client) of the train "
         "set to 180 training clients and of the test set to 20 held-out clients, 90/10 "
         "train/test per client, the Per-FedAvg MLP (ELU on the logits), HF fd, α 0.01, β 0.001, "
-        "τ 4, B 40, 10 clients per round, 200 rounds",
+        "τ 4, B 40, 10 clients per round, 200 rounds; our step stream reshuffles each epoch, "
+        "KT-Per's loader does not",
         overrides=dict(
             dataset="mnist",
             partition="shards",

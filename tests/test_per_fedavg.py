@@ -229,6 +229,105 @@ def test_quadratic_losses_equal_closed_form(hvp):
         assert int(metrics["steps"]) == 2
 
 
+@pytest.mark.parametrize("shuffle", [False, True], ids=["stored_order", "shuffled"])
+def test_hf_epochs_equal_literal_3b_slice_loop(shuffle):
+    """HF with epochs = 1, one call: a literal loop over the 3B slices of the epoch order
+    (first B → D, next B → D', last B → D''), the short remainder dropped, the fd formula on
+    the quadratic's gradient (float64). Stored order: the slices are written out here; shuffled:
+    the order is the one of ``meta_schedule`` (the same index schedule)."""
+    with jax.enable_x64(True):
+        rng = np.random.default_rng(1)
+        n, width, d, b = 31, 40, 4, 4  # ⌊31/12⌋ = 2 meta-steps; 7 examples dropped
+        a, beta, delta = 0.3, 0.5, 1e-3
+        x, y = rng.normal(size=(n + 5, d)), rng.normal(size=n + 5)  # pool larger than the row
+        row = rng.permutation(n + 5)[:n]  # the client's examples in the pool, stored order
+        cfg = PerFedAvgConfig(inner_lr=a, outer_lr=beta, batch_size=b, epochs=1, delta=delta,
+                              shuffle=shuffle)
+        assert (cfg.variant, cfg.hvp, cfg.calls_per_round) == ("hf", "fd", 1)
+        alg = per_fedavg("quadratic", cfg, loss=quadratic_loss)
+        w = {"theta": jnp.asarray(rng.normal(size=d))}
+        idx = jnp.asarray(np.pad(row, (0, width - n)), jnp.int32)
+        data = ClientData(idx, jnp.int32(n), jnp.asarray(x), jnp.asarray(y))
+        key = jax.random.key(8)
+        _, msg, metrics = alg.client_update(alg.init(None, w, 1).server, None, data, key)
+        if shuffle:
+            sched = meta_schedule(cfg, jax.random.fold_in(key, 0), n, width)
+            on = np.asarray(sched.valid).any(axis=(1, 2))
+            order = np.asarray(sched.positions)[on].reshape(-1)  # the epoch's order, sliced
+            assert not np.array_equal(order, np.arange(len(order)))  # really shuffled
+        else:
+            order = np.arange(n)
+        slices = [order[3 * b * j : 3 * b * (j + 1)] for j in range(n // (3 * b))]
+
+        def grad(theta, pos):
+            A, c = _quad_ab(x, y, row[pos])
+            return A @ theta - c
+
+        theta = np.asarray(w["theta"])
+        for sl in slices:
+            D, D1, D2 = sl[:b], sl[b : 2 * b], sl[2 * b :]
+            assert len(D2) == b
+            w_tilde = theta - a * grad(theta, D)
+            v = grad(w_tilde, D1)
+            h = (grad(theta + delta * v, D2) - grad(theta - delta * v, D2)) / (2 * delta)
+            theta = theta - beta * (v - a * h)
+        assert len(slices) == 2 and int(metrics["steps"]) == 2
+        np.testing.assert_allclose(np.asarray(msg.params["theta"]), theta, atol=1e-10, rtol=0)
+
+
+def _logit_apply(params, x, train=False, key=None):
+    """Two classes with logits (xᵀθ, 0): the evaluation loss reveals θ."""
+    del train, key
+    z = x @ params["theta"]
+    return jnp.stack([z, jnp.zeros_like(z)], axis=-1)
+
+
+LOGIT = Model("logit2", lambda key, x: {"theta": jnp.zeros(x.shape[-1])}, _logit_apply,
+              (("theta",),), 2, (4,))
+
+
+def _quadratic_int_y(model, params, batch, key, train):
+    """The quadratic loss with the integer class labels as its targets c_b."""
+    return quadratic_loss(model, params, batch._replace(y=batch.y.astype(batch.x.dtype)), key,
+                          train)
+
+
+def test_personalize_trains_with_the_given_loss():
+    """personalize(..., loss=quadratic): θ_P = P SGD steps θ ← θ − α(A_b θ − c_b) on the
+    training stream (NumPy), then counted by the cross-entropy of §1.6 on the test row. Cross-
+    entropy training (the loss ignored) gives another θ, hence another test loss."""
+    with jax.enable_x64(True):
+        rng = np.random.default_rng(2)
+        n_tr, n_te, d, steps = 20, 7, 3, 3
+        x = rng.normal(size=(n_tr + n_te, d))
+        y = rng.integers(0, 2, size=n_tr + n_te).astype(np.int32)
+        tr = rng.permutation(n_tr + n_te)[:n_tr]
+        te = np.setdiff1d(np.arange(n_tr + n_te), tr)
+        data = ClientData(jnp.asarray(tr, jnp.int32), jnp.int32(n_tr), jnp.asarray(x),
+                          jnp.asarray(y), test_idx=jnp.asarray(te, jnp.int32),
+                          test_n=jnp.int32(n_te))
+        cfg = PerFedAvgConfig(inner_lr=0.4, batch_size=4, personalization_steps=steps)
+        w = {"theta": jnp.asarray(rng.normal(size=d))}
+        key = jax.random.key(4)
+        init, pers = personalize(LOGIT, cfg, loss=_quadratic_int_y)(w, data, key)
+        _, ce_pers = personalize(LOGIT, cfg)(w, data, key)
+        sched = stream_schedule(jax.random.fold_in(key, 0), n_tr, n_tr, 4, steps)
+        theta = np.asarray(w["theta"])
+        for pos in np.asarray(sched.positions):
+            A, c = _quad_ab(x, y.astype(np.float64), tr[pos])
+            theta = theta - 0.4 * (A @ theta - c)
+
+        def test_loss(th):  # Σ CE of logits (xᵀθ, 0) over the test row
+            z = x[te] @ th
+            return float(np.sum(np.logaddexp(z, 0.0) - np.where(y[te] == 0, z, 0.0)))
+
+        np.testing.assert_allclose(float(pers.loss_sum), test_loss(theta), rtol=1e-5)
+        np.testing.assert_allclose(float(init.loss_sum), test_loss(np.asarray(w["theta"])),
+                                   rtol=1e-5)
+        assert abs(float(ce_pers.loss_sum) - test_loss(theta)) > 1e-3 * test_loss(theta)
+        assert int(pers.count) == n_te
+
+
 def _ce64(model, params, batch, key, train):
     logits = model.apply(params, batch.x, train=train, key=key)
     nll = -jnp.take_along_axis(jax.nn.log_softmax(logits), batch.y[:, None], axis=1)[:, 0]
@@ -290,11 +389,6 @@ def test_each_meta_step_reads_distinct_batches_of_the_stream(variant):
     assert len(set(seen.tolist())) == len(seen)  # no example twice within the stream epoch
     stream = stream_schedule(key, n, n, b, nb * (8 // nb))  # step t = stream batches nb·t..
     np.testing.assert_array_equal(np.asarray(s.positions).reshape(-1, b), stream.positions)
-    # a fresh stream every round: round 1 does not replay round 0's batches (KT-Per's stale
-    # iterator is impossible by construction)
-    other = meta_schedule(cfg, jax.random.fold_in(derive(ROOT, K.DATA, 1, 0), 0), n, n)
-    first = meta_schedule(cfg, jax.random.fold_in(derive(ROOT, K.DATA, 0, 0), 0), n, n)
-    assert not np.array_equal(np.asarray(other.positions), np.asarray(first.positions))
     # epochs: floor(n / nb·B) meta-steps per epoch, each epoch's examples distinct
     e = meta_schedule(dataclasses.replace(cfg, meta_steps=None, epochs=2), key, 43, 50)
     active = np.asarray(e.valid).any(axis=(1, 2))
@@ -303,6 +397,48 @@ def test_each_meta_step_reads_distinct_batches_of_the_stream(variant):
     pos = np.asarray(e.positions)[active].reshape(2, -1)
     for epoch in pos:
         assert len(set(epoch.tolist())) == len(epoch) and epoch.max() < 43
+
+
+def _onehot_loss(model, params, batch, key, train):
+    """ℓ(θ; b) = ½‖θ‖² − c_bᵀθ, c_b = mean of the valid one-hot rows x_i: ∇ℓ = θ − c_b."""
+    del model, key, train
+    wv = batch.valid.astype(batch.x.dtype)
+    c = jnp.einsum("i,ij->j", wv, batch.x) / jnp.maximum(jnp.sum(wv), 1.0)
+    th = params["theta"]
+    return 0.5 * th @ th - c @ th
+
+
+def test_fresh_stream_every_round_and_no_stale_batch():
+    """KT-Per's stale iterator (the same first batch at every step) and a stream replayed
+    across rounds must both be visible in θ_τ. With one-hot examples x_i = e_i, α = β = 1 and
+    FO: w̃ = c_D, v = c_D − c_D', so θ_τ − w = Σ_t (c_{D'_t} − c_{D_t}): example i's entry is
+    ±1/B per read. The engine hands client k of round t the key derive(root, DATA, t, k)."""
+    n, b, tau = 40, 5, 3  # 2τ = 6 of the 8 batches of one stream epoch
+    cfg = PerFedAvgConfig(variant="fo", inner_lr=1.0, outer_lr=1.0, batch_size=b,
+                          meta_steps=tau)
+    alg = per_fedavg("onehot", cfg, loss=_onehot_loss)
+    idx = jnp.asarray(np.random.default_rng(0).permutation(n), jnp.int32)  # row -> pool id
+    data = ClientData(idx, jnp.int32(n), jnp.eye(n, dtype=jnp.float32),
+                      jnp.zeros(n, jnp.int32))
+    w = {"theta": jnp.zeros(n, jnp.float32)}
+    server = alg.init(None, w, 1).server
+    deltas = []
+    for t in (0, 1):
+        key = derive(ROOT, K.DATA, t, 0)
+        _, msg, metrics = alg.client_update(server, None, data, key)
+        delta = np.asarray(msg.params["theta"])
+        pos = np.asarray(meta_schedule(cfg, jax.random.fold_in(key, 0), n, n).positions)
+        expect = np.zeros(n)
+        for step in pos:  # this round's schedule, read through the index row
+            np.add.at(expect, np.asarray(idx)[step[1]], 1.0 / b)
+            np.add.at(expect, np.asarray(idx)[step[0]], -1.0 / b)
+        np.testing.assert_allclose(delta, expect, atol=1e-6)
+        # no batch read twice in the round: 2τB examples touched, each exactly once
+        reads = np.abs(delta) * b
+        np.testing.assert_allclose(reads[reads > 0.5], 1.0, atol=1e-5)
+        assert int((reads > 0.5).sum()) == 2 * tau * b and int(metrics["steps"]) == tau
+        deltas.append(delta)
+    assert not np.allclose(deltas[0], deltas[1])  # round 1 reads a new stream
 
 
 def _load_script():
@@ -316,19 +452,37 @@ def _load_script():
 
 
 def test_pfllib_preset_splits_one_2b_batch_into_halves():
+    """PFLlib's loader: an epoch order cut into 2B = 20 slices (drop_last); a meta-step takes
+    slice j's first B for D and its next B for D'; one epoch per call, 2 calls. Written out on
+    the identity order (shuffle off), then the preset's shuffled orders checked the same way."""
     cfg = _load_script().parse(["--preset", "pfllib"])[PerFedAvgConfig]
     assert (cfg.variant, cfg.inner_lr, cfg.outer_lr, cfg.batch_size) == ("fo", 0.005, 0.005, 10)
     assert (cfg.epochs, cfg.calls_per_round, cfg.weighted, cfg.meta_steps) == (1, 2, True, None)
-    key, n = jax.random.key(9), 61
-    s = meta_schedule(cfg, key, n, 70)
-    # PFLlib's loader: batch 2B = 20, drop_last, reshuffled every epoch; one epoch per call
-    loader = epoch_schedule(key, n, 70, 20, 2, drop_last=True)
-    big = schedule_batches(loader, np.arange(70))
-    active = np.asarray(s.valid).any(axis=(1, 2))
-    assert active.sum() == len(big) == 2 * (n // 20)
-    for (first, second), batch in zip(np.asarray(s.positions)[active], big):
-        assert len(first) == len(second) == 10
-        np.testing.assert_array_equal(np.concatenate([first, second]), batch)
+    assert cfg.shuffle
+    key, n, b = jax.random.key(9), 61, 10
+    per_call = n // (2 * b)  # 3 slices; examples 60.. are dropped
+
+    def active_steps(c):
+        s = meta_schedule(c, key, n, 70)
+        on = np.asarray(s.valid).any(axis=(1, 2))
+        assert np.asarray(s.valid)[on].all()  # every active step is two full batches
+        return np.asarray(s.positions)[on]
+
+    ident = active_steps(dataclasses.replace(cfg, shuffle=False))
+    order = np.arange(n)  # the loader's order without shuffling
+    expect = [(order[2 * b * j : 2 * b * j + b], order[2 * b * j + b : 2 * b * (j + 1)])
+              for _ in range(2) for j in range(per_call)]
+    assert ident.shape == (2 * per_call, 2, b)
+    for (first, second), (d, d1) in zip(ident, expect):
+        np.testing.assert_array_equal(first, d)
+        np.testing.assert_array_equal(second, d1)
+    steps = active_steps(cfg)  # shuffled: per call a permutation's first 3 slices of 20
+    assert steps.shape == (2 * per_call, 2, b)
+    calls = steps.reshape(2, -1)
+    for seen in calls:
+        assert len(set(seen.tolist())) == 2 * b * per_call and seen.max() < n
+    assert not np.array_equal(calls[0], calls[1])  # reshuffled for the second call
+    assert not np.array_equal(calls[0], order[: 2 * b * per_call])
 
 
 # ---- strategies, determinism, the driver -----------------------------------------------------
@@ -404,16 +558,19 @@ def _evaluate(cfg, params, strategy=SEQ, ds=None):
     return ds, keys, ev(params, rows, keys)
 
 
-def test_personalization_steps_on_training_stream_and_keeps_w():
+def test_personalization_steps_on_training_stream_start_from_w():
+    """init = w's counts (evaluated separately); every client's pers = P NumPy SGD steps from
+    w itself (not from θ of another client or of a previous call, nor from a moved w) on its
+    training stream; P > 0 moves the model (pers ≠ init)."""
     cfg = dataclasses.replace(FO, personalization_steps=2)
     params = _params()
-    before = jax.tree.map(np.array, params)
     ds, keys, (init, pers) = _evaluate(cfg, params)
-    jax.tree.map(np.testing.assert_array_equal, before, jax.tree.map(np.asarray, params))
+    _, _, (init2, pers2) = _evaluate(cfg, params, ds=ds)  # a second call: same results
     x, y = jnp.asarray(ds.x), jnp.asarray(ds.y)
     plain = evaluate_global(MODEL, params, x, y, [ds.test[k] for k in range(6)])
     np.testing.assert_array_equal(init.correct, plain.correct)
     np.testing.assert_allclose(init.loss_sum, plain.loss_sum, rtol=1e-5)
+    np.testing.assert_allclose(init2.loss_sum, plain.loss_sum, rtol=1e-5)
     w = np_params(params)
     for k in range(6):
         tr, q = ds.train[k], ds.test[k]
@@ -421,6 +578,8 @@ def test_personalization_steps_on_training_stream_and_keeps_w():
         theta = np_sgd_epochs(w, ds.x, ds.y, schedule_batches(sched, tr), cfg.inner_lr)
         loss, _ = np_loss_grad(theta, ds.x[q], ds.y[q])
         np.testing.assert_allclose(pers.loss_sum[k], loss * len(q), rtol=1e-4)
+        np.testing.assert_allclose(pers2.loss_sum[k], loss * len(q), rtol=1e-4)
+        assert abs(pers.loss_sum[k] - init.loss_sum[k]) > 1e-3 * init.loss_sum[k]
 
 
 def test_zero_personalization_steps_give_pers_equal_plain_evaluation():

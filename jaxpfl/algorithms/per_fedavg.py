@@ -23,6 +23,7 @@ from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import optax
 
 from jaxpfl.core import (
     Algorithm,
@@ -34,7 +35,6 @@ from jaxpfl.core import (
     epoch_schedule,
     group_steps,
     local_steps,
-    local_train,
     masked_cross_entropy,
     stream_schedule,
     weighted_mean,
@@ -251,15 +251,40 @@ def per_fedavg(
     )
 
 
-def personalize(model, config: PerFedAvgConfig) -> Callable:
+@functools.cache
+def personalization_step(
+    model, config: PerFedAvgConfig, loss: Callable = masked_cross_entropy
+) -> Callable:
+    """One personalization SGD step (lr α, train mode) on ``loss`` as a step function of
+    ``local_steps``: carry = (θ, optimizer state of ``client_sgd(α)``). Cached, so the same
+    (model, config, loss) always returns the same function object (the eager step loop caches
+    its compilation on it)."""
+    tx = client_sgd(config.inner_lr)
+
+    def step(carry, consts, batch, key):
+        del consts  # unused
+        params, opt_state = carry
+        value, grads = jax.value_and_grad(loss, argnums=1)(model, params, batch, key, True)
+        updates, opt_state = tx.update(grads, opt_state, params)
+        return (optax.apply_updates(params, updates), opt_state), value
+
+    return step
+
+
+def personalize(
+    model, config: PerFedAvgConfig, *, loss: Callable = masked_cross_entropy
+) -> Callable:
     """Per-FedAvg's personalization for ONE client (map it with ``ClientEvaluator``).
 
     ``fn(params, data, key) -> (init Counts, pers Counts)``: counts of w on the client's test
-    row, then of θ after P = ``personalization_steps`` SGD steps (lr α, train mode) on the
-    first P batches (size B) of the client's TRAINING step stream (its train row; never a test
-    batch). ``params`` (w) is not modified.
+    row, then of θ after P = ``personalization_steps`` SGD steps (lr α, train mode) on
+    ``loss`` over the first P batches (size B) of the client's TRAINING step stream (its
+    train row; never a test batch). ``loss``: the training loss ℓ(model, θ, batch, key,
+    train) of ``per_fedavg`` (default: the masked mean cross-entropy); the counts are always
+    those of §1.6. ``params`` (w) is not modified.
     """
     tx = client_sgd(config.inner_lr)
+    step = personalization_step(model, config, loss)
 
     def fn(params: PyTree, data: ClientData, key: jax.Array):
         query = data.split("test")
@@ -268,7 +293,8 @@ def personalize(model, config: PerFedAvgConfig) -> Callable:
             return init, init
         schedule = stream_schedule(jax.random.fold_in(key, 0), data.n, data.width,
                                    config.batch_size, config.personalization_steps)
-        theta, _ = local_train(model, tx, params, data, schedule, jax.random.fold_in(key, 1))
+        (theta, _), _ = local_steps(step, (params, tx.init(params)), None, data, schedule,
+                                    jax.random.fold_in(key, 1))
         return init, client_eval(model, theta, query)
 
     return fn
@@ -281,5 +307,6 @@ __all__ = [
     "meta_schedule",
     "meta_step",
     "per_fedavg",
+    "personalization_step",
     "personalize",
 ]
