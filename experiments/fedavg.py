@@ -29,6 +29,7 @@ import numpy as np
 
 from jaxpfl.algorithms.fedavg import FedAvgConfig, fedavg
 from jaxpfl.cli import (
+    CpuScale,
     DataConfig,
     ExperimentCli,
     Parsed,
@@ -83,6 +84,8 @@ PFLLIB = dict(
     drop_last=True,
     rounds=2000,
 )
+#: What the reference column is in summary.json (``cli.Reference.reads``).
+READS = {"best acc_pooled (%)": ("acc_pooled", "best")}
 PFLLIB_METRIC = (
     "best acc_pooled over rounds: the global model on every client's test split, pooled "
     "(PFLlib's 'Averaged Test Accuracy'), best evaluated round"
@@ -108,6 +111,7 @@ PRESETS: tuple[Preset, ...] = (
         cost="about 8 min: 9.6 s per round measured over 3 rounds on a busy 2-core CPU "
         "(750 client steps of FedAvgCNN per round)",
         smoke=dict(num_clients=40, clients=2, rounds=2),
+        cpu=CpuScale({}, "the preset itself fits: 50 rounds ≈ 8 min"),
     ),
     Preset(
         name="pfllib",
@@ -119,11 +123,17 @@ PRESETS: tuple[Preset, ...] = (
         "steps, 17,507 test examples each round): 25 rounds ≈ 30 min, 2000 rounds ≈ 38 h",
         smoke=dict(num_clients=5, clients=2, rounds=2),
         data="Fashion-MNIST IDX files (apt-get install dataset-fashion-mnist, or --data-dir)",
+        cpu=CpuScale(
+            dict(rounds=25),
+            "≈ 34 s training + 2.6 s evaluation per round on a quiet 2-core CPU: 25 rounds ≈ "
+            "16 min, the setting of the 25-round PFLlib reference",
+        ),
         references=(
             Reference(
                 source="PFLlib benchmark, FedAvg on FMNIST Dir(0.1), 2000 rounds",
                 metric=PFLLIB_METRIC,
                 columns=("best acc_pooled (%)",),
+                reads=READS,
                 values={(): (85.85,)},
                 setting=dict(clients_per_round=20, partition_file=None),
                 whole_preset=True,
@@ -134,6 +144,7 @@ PRESETS: tuple[Preset, ...] = (
                 "±3 points across seeds)",
                 metric=PFLLIB_METRIC,
                 columns=("best acc_pooled (%)",),
+                reads=READS,
                 values={(): (69.83,)},
                 setting=dict(clients_per_round=20, rounds=25, partition_file=None),
                 whole_preset=True,
@@ -240,10 +251,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             f"| {key} | {100 * v['final']:.2f} | {100 * v['best']:.2f} "
             f"| {100 * v['last10_mean']:.2f} |"
         )
-    run_values = {**parsed.values, "clients_per_round": m}
-    ours = {"best acc_pooled (%)": 100 * s["acc_pooled"]["best"]} if "acc_pooled" in s else {}
-    for line in parsed.reference_lines(run_values, ours):
-        print(line)
+    parsed.report_references({**parsed.values, "clients_per_round": m}, [s], rc.out)
     if rc.out:
         print(f"metrics in {rc.out}/", file=sys.stderr)
     return result

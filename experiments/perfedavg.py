@@ -44,8 +44,11 @@ from jaxpfl.algorithms.personalized_fedavg import (
 from jaxpfl.cli import (
     NO_EFFECT,
     AtLeast,
+    Baseline,
+    CpuScale,
     DataConfig,
     ExperimentCli,
+    Headline,
     Parsed,
     Preset,
     Reference,
@@ -113,6 +116,8 @@ KT_PFA_README = {
     (20, 2): (82.48, 90.48),
 }
 COLUMNS = ("initial acc (%)", "personalized acc (%)")
+#: What each reference column is in summary.json (``cli.Reference.reads``).
+READS = {COLUMNS[0]: ("init_acc_mean", "final"), COLUMNS[1]: ("pers_acc_mean", "final")}
 CELL = ("clients_per_round", "local_epochs")
 #: Not part of a reference's setting: the seed, the spelling of clients per round (the cell
 #: has it), and what only the intermediate evaluations use (the numbers are final).
@@ -123,6 +128,7 @@ FINAL_ONLY = ("seed", "clients", "participation", "eval_every", "n_eval_clients"
 PRESETS: tuple[Preset, ...] = (
     Preset(
         name="default",
+        cpu=CpuScale({}, "the preset itself fits: 2.5 min"),
         about="embedded MNIST digits, Dirichlet(0.1) over 50 clients (40 train / 10 held out), "
         "20 per round, FedAvgCNN, E = 2, 30 FedAvg + 20 Reptile rounds: the main job",
         overrides=dict(
@@ -157,6 +163,7 @@ PRESETS: tuple[Preset, ...] = (
                 metric="init_acc_mean / pers_acc_mean: final model, mean over the 10 held-out "
                 "clients' query sets, before / after 5 personalization epochs",
                 columns=COLUMNS,
+                reads=READS,
                 values={(20, 2): (95.84, 99.30)},
                 cell=CELL,
                 setting=dict(partition_file=None),
@@ -167,6 +174,7 @@ PRESETS: tuple[Preset, ...] = (
     ),
     Preset(
         name="fmnist_writers",
+        cpu=CpuScale({}, "the preset itself fits: ≈ 12 min per seed on a shared 2-core CPU"),
         about="Jiang et al.'s setting on data that is here: Fashion-MNIST (70,000 images, train "
         "+ test pooled) cut into 600 writer-sized clients (about 117 examples each, the mean "
         "of TFF EMNIST-62's 3,400 writers) by Dirichlet(0.5) label skew, 450 train / 150 held "
@@ -206,9 +214,25 @@ PRESETS: tuple[Preset, ...] = (
             n_eval_clients=8,
         ),
         data="Fashion-MNIST IDX files (apt-get install dataset-fashion-mnist, or --data-dir)",
+        headline=Headline(
+            "pers_acc_mean", "final", "pers_acc_mean",
+            "the final personalized accuracy, mean over all held-out clients (the intermediate "
+            "evaluations sample a subset, so a best over rounds would mix sets)",
+            "final pers_acc_mean",
+        ),
+        baselines=(
+            Baseline("FedAvg (the initial model, before personalization)",
+                     metric=("init_acc_mean", "final")),
+        ),
     ),
     Preset(
         name="jiang_emnist",
+        cpu=CpuScale(
+            dict(rounds=25, reptile_rounds=0),
+            "≈ 40 s per FedAvg round at E 10, M 20 (the preset's estimate): 25 rounds ≈ 17 min "
+            "plus the final evaluation of all 900 held-out writers; no Reptile, as Table 1 (which "
+            "needs >= 310 rounds, so not comparable)",
+        ),
         about="Jiang et al. 2019: TFF EMNIST-62 writers (3,400; 2,500 train / 900 held out by "
         "RandomState(42)), EmnistCNN, 500 FedAvg(E) + 100 Reptile(10) rounds, P = 5",
         overrides=dict(
@@ -248,6 +272,7 @@ PRESETS: tuple[Preset, ...] = (
                 "(what the reported spread is over is unknown); ours: init_acc_mean / "
                 "pers_acc_mean of the final model over all held-out clients",
                 columns=COLUMNS,
+                reads=READS,
                 values=JIANG_TABLE1,
                 cell=CELL,
                 setting=dict(
@@ -266,6 +291,11 @@ PRESETS: tuple[Preset, ...] = (
     ),
     Preset(
         name="kt_pfa_femnist",
+        cpu=CpuScale(
+            dict(rounds=25, reptile_rounds=5),
+            "as jiang_emnist per FedAvg round, plus 5 kt_pfa rounds of 10 client Adam epochs: ≈ 25"
+            " min (KT-PFA ran 500 + 100 rounds: not comparable)",
+        ),
         about="KT-PFA (FedLab-benchmarks) reproduction: LEAF FEMNIST split by user 80/20, "
         "variant kt_pfa (§3.5), EmnistCNN, 500 + 100 rounds, P = 5",
         overrides=dict(
@@ -305,6 +335,7 @@ PRESETS: tuple[Preset, ...] = (
                 metric="acc_mean over evaluation clients, init -> pers; KT-PFA averages 100 "
                 "draws of M clients, we evaluate every held-out writer once",
                 columns=COLUMNS,
+                reads=READS,
                 values=KT_PFA_README,
                 cell=CELL,
                 setting=dict(partition_file=None),
@@ -367,8 +398,11 @@ def personalization_evaluator(
     return ClientEvaluator(personalize(model, cfg), pool.x, pool.y, splits, strategy)
 
 
-def run_one(parsed: Parsed, ds: FederatedDataset, seed: int, out: str | None, m: int) -> dict:
-    """One full run (stages 1-3) with ``seed``; returns the final record and wall time."""
+def run_one(
+    parsed: Parsed, ds: FederatedDataset, seed: int, out: str | None, m: int
+) -> tuple[dict, dict]:
+    """One full run (stages 1-3) with ``seed``; returns (the final record with the wall time,
+    the run's summary)."""
     cfg: PersonalizedFedAvgConfig = parsed[PersonalizedFedAvgConfig]
     exp: Experiment = parsed[Experiment]
     data: DataConfig = parsed[DataConfig]
@@ -432,13 +466,13 @@ def run_one(parsed: Parsed, ds: FederatedDataset, seed: int, out: str | None, m:
         )
         with open(os.path.join(out, "final.json"), "w") as f:
             json.dump(final, f, indent=2)
-    return final
+    return final, result["summary"]
 
 
 def print_table(
     parsed: Parsed, ds: FederatedDataset, finals: list[dict], seeds: list[int], m: int
-) -> dict[str, float]:
-    """The result table; returns our numbers by reference column (mean over seeds)."""
+) -> None:
+    """The result table (mean ± std over seeds)."""
     cfg: PersonalizedFedAvgConfig = parsed[PersonalizedFedAvgConfig]
 
     def vals(key, scale=100.0):
@@ -470,10 +504,6 @@ def print_table(
         f"{cfg.personalization_epochs} epochs: "
         f"{[round(100 * a, 2) for a in f0['pers_acc_mean_by_epoch']]})"
     )
-    return {
-        COLUMNS[0]: float(vals("init_acc_mean").mean()),
-        COLUMNS[1]: float(vals("pers_acc_mean").mean()),
-    }
 
 
 @main_guard
@@ -494,23 +524,24 @@ def main(argv: list[str] | None = None) -> list[dict]:
     m = parsed[Sampling].per_round(len(ds.train_clients))
     seeds = list(exp.seeds or (rc.seed,))
     out = rc.out
-    finals = []
+    finals, summaries = [], []
     for seed in seeds:
         sub = out if len(seeds) == 1 or not out else os.path.join(out, f"seed{seed}")
-        finals.append(run_one(parsed, ds, seed, sub, m))
-    ours = print_table(parsed, ds, finals, seeds, m)
+        final, summary = run_one(parsed, ds, seed, sub, m)
+        finals.append(final)
+        summaries.append(summary)
+    print_table(parsed, ds, finals, seeds, m)
     run_values = {
         **parsed.values,
         "clients_per_round": m,
         "data_clients": ds.num_clients,
         "eval_clients": len(ds.eval_clients),
     }
-    for line in parsed.reference_lines(run_values, ours):
-        print(line)
+    refs = parsed.report_references(run_values, summaries, out if len(seeds) == 1 else None)
     if out:
         if len(seeds) > 1:
             with open(os.path.join(out, "seeds.json"), "w") as f:
-                json.dump({"seeds": seeds, "finals": finals}, f, indent=2)
+                json.dump({"seeds": seeds, "finals": finals, "references": refs}, f, indent=2)
         save_partition(os.path.join(out, "partition.npz"), ds)
         print(f"metrics, summary and plot in {out}/", file=sys.stderr)
     return finals

@@ -9,19 +9,22 @@
 A preset is named ``SCRIPT:PRESET`` (``fedala:pfllib``); the scripts are every
 ``experiments/*.py`` with a module-level :class:`~jaxpfl.cli.ExperimentCli` that has presets.
 Scales: ``smoke`` (the preset's ``--smoke``: seconds, the numbers mean nothing; 1 seed),
-``cpu`` (the preset with the overrides of :data:`CPU_SCALE`: under about 30 minutes per seed
-on a 2-core CPU; 3 seeds), ``full`` (the preset unchanged; 3 seeds).
+``cpu`` (the preset with the overrides of its ``cpu`` :class:`~jaxpfl.cli.CpuScale`: under
+about 30 minutes per seed on a 2-core CPU; 3 seeds), ``full`` (the preset unchanged; 3 seeds).
 
 ``run`` starts the script once per seed (``sys.executable``, from the repository root) into
 ``RUNS/<script>_<preset>/<scale>/seed<S>`` and writes ``RESULTS/<script>_<preset>_<scale>.json``
 and ``.png`` (the headline metric per round, one line per seed). ``report`` rebuilds
 docs/results.md from every JSON in the results folder.
 
+Everything read here is a file the run wrote, never its printed text: summary.json (the
+headline metric, and the ``references`` the script compared the run with: their setting,
+whether the run's setting matches, their numbers and ours) and metrics.jsonl (the curves).
 The headline metric is the last column of the preset's first :class:`~jaxpfl.cli.Reference`
-(:data:`REFERENCE_COLUMNS` says which summary.json entry and statistic each column is, as the
-script's own ``main`` computes it); a preset without a reference uses ``pers_acc_pooled``
-best (else ``acc_pooled``, else the first accuracy in summary.json). Whether a run is in a
-reference's setting is the script's own decision: the lines its ``reference_lines`` printed.
+(its ``reads`` says which summary.json entry and statistic it is); a preset without a
+reference uses its :class:`~jaxpfl.cli.Headline`, else ``pers_acc_pooled`` best (else
+``acc_pooled``, else the first accuracy in summary.json). A new preset needs no edit here: its
+CPU scale, headline and baselines are fields of its :class:`~jaxpfl.cli.Preset`.
 """
 
 from __future__ import annotations
@@ -47,7 +50,9 @@ if str(REPO) not in sys.path:
 
 from jaxpfl.cli import (  # noqa: E402
     REFERENCE_KINDS,
+    Baseline,
     CliParser,
+    CpuScale,
     ExperimentCli,
     Preset,
     Reference,
@@ -65,132 +70,6 @@ DEFAULT_REPORT = REPO / "docs" / "results.md"
 #: A comparable gap larger than this (percentage points) needs an entry in EXPLANATIONS.
 EXPLAIN_ABOVE = 1.0
 
-
-class CpuScale(NamedTuple):
-    """The overrides that make a preset fit under about 30 minutes per seed on a 2-core CPU,
-    and why they are what they are."""
-
-    overrides: Mapping[str, Any]
-    why: str
-
-
-#: ``script:preset`` -> the cpu scale. Costs are the presets' own measured ``cost`` texts.
-CPU_SCALE: dict[str, CpuScale] = {
-    "fedala:pfllib": CpuScale(
-        dict(rounds=25),
-        "the 25 rounds of the PFLlib reference measured on this machine: round 1 ≈ 70 s (the "
-        "ALA start phase), later rounds ≈ 45-57 s with evaluation on a quiet 2-core CPU: "
-        "≈ 22-25 min",
-    ),
-    "fedala:paper": CpuScale(
-        dict(rounds=10),
-        "as pfllib per round, but threshold 0.01 makes the first start phase longer: 10 rounds",
-    ),
-    "fedavg:default": CpuScale({}, "the preset itself fits: 50 rounds ≈ 8 min"),
-    "fedavg:pfllib": CpuScale(
-        dict(rounds=25),
-        "≈ 34 s training + 2.6 s evaluation per round on a quiet 2-core CPU: 25 rounds ≈ "
-        "16 min, the setting of the 25-round PFLlib reference",
-    ),
-    "fedora:default": CpuScale({}, "the preset itself fits: 100 rounds ≈ 2 min"),
-    "fedora:rotated_fmnist": CpuScale(
-        dict(rounds=200),
-        "200 of the 500 rounds: each seed runs FEDORA and its two baselines (local-only, "
-        "FedAvg) on the same data, ≈ 3-5 min each",
-    ),
-    "fedora:fedora_rotmnist": CpuScale({}, "the preset itself fits: as rotated_fmnist"),
-    "fedora:fmnist_dir": CpuScale({}, "the preset itself fits: 50 rounds ≈ 8-10 min"),
-    "per_fedavg:default": CpuScale({}, "the preset itself fits: 100 rounds ≈ 1 min"),
-    "per_fedavg:kt_per": CpuScale({}, "the preset itself fits: 200 rounds ≈ 1 min"),
-    "per_fedavg:pfllib": CpuScale(
-        dict(rounds=25),
-        "the 25 rounds of the PFLlib reference measured on this machine: 64-83 s of training "
-        "(10,468 FedAvgCNN gradients) + 8-11 s of evaluation per round on a quiet 2-core CPU, "
-        "≈ 35-39 min per seed (over the 30-minute budget, to match the reference's rounds)",
-    ),
-    "perfedavg:default": CpuScale({}, "the preset itself fits: 2.5 min"),
-    "perfedavg:fmnist_writers": CpuScale(
-        {}, "the preset itself fits: ≈ 12 min per seed on a shared 2-core CPU"
-    ),
-    "perfedavg:jiang_emnist": CpuScale(
-        dict(rounds=25, reptile_rounds=0),
-        "≈ 40 s per FedAvg round at E 10, M 20 (the preset's estimate): 25 rounds ≈ 17 min plus "
-        "the final evaluation of all 900 held-out writers; no Reptile, as Table 1 (which needs "
-        ">= 310 rounds, so not comparable)",
-    ),
-    "perfedavg:kt_pfa_femnist": CpuScale(
-        dict(rounds=25, reptile_rounds=5),
-        "as jiang_emnist per FedAvg round, plus 5 kt_pfa rounds of 10 client Adam epochs: "
-        "≈ 25 min (KT-PFA ran 500 + 100 rounds: not comparable)",
-    ),
-}
-
-#: script -> reference column -> (summary.json metric, statistic): the ``ours`` dict each
-#: script's ``main`` passes to ``reference_lines`` (cli.Reference names a column only).
-REFERENCE_COLUMNS: dict[str, dict[str, tuple[str, str]]] = {
-    "fedala": {"best acc_pooled (%)": ("pers_acc_pooled", "best")},
-    "fedavg": {"best acc_pooled (%)": ("acc_pooled", "best")},
-    "per_fedavg": {
-        "best pers acc_pooled (%)": ("pers_acc_pooled", "best"),
-        "pers acc_pooled at round 25 (%)": ("pers_acc_pooled", "final"),
-    },
-    "perfedavg": {
-        "initial acc (%)": ("init_acc_mean", "final"),
-        "personalized acc (%)": ("pers_acc_mean", "final"),
-    },
-}
-
-class Headline(NamedTuple):
-    """The number reported as ours for a preset without a published reference:
-    ``summary[metric][statistic]`` (``history_metric``: the per-round entry the plot draws,
-    the first of ``|``-separated names a run records)."""
-
-    metric: str
-    statistic: str
-    history_metric: str
-    why: str
-    label: str
-
-
-#: script -> its headline when a preset has no published reference (else the fallback:
-#: best pers_acc_pooled / acc_pooled).
-HEADLINES: dict[str, Headline] = {
-    "fedora": Headline(
-        "val_selected", "acc_mean", "pers_acc_mean|acc_mean",
-        "the test acc_mean at the evaluation with the best mean validation accuracy (the "
-        "model a user would pick), the same entry for FEDORA, local-only and FedAvg",
-        "test acc_mean at the best validation",
-    ),
-    "perfedavg": Headline(
-        "pers_acc_mean", "final", "pers_acc_mean",
-        "the final personalized accuracy, mean over all held-out clients (the intermediate "
-        "evaluations sample a subset, so a best over rounds would mix sets)",
-        "final pers_acc_mean",
-    ),
-}
-
-
-class Baseline(NamedTuple):
-    """A baseline on the same data, for presets without a published number: either the same
-    script run again with ``flags`` (same seeds; its headline is read like ours), or a
-    ``metric`` (summary entry, statistic) of our own run."""
-
-    name: str
-    flags: tuple[str, ...] = ()
-    metric: tuple[str, str] | None = None
-
-
-#: ``script:preset`` -> its baselines (docs/results.md shows each beside ours).
-BASELINES: dict[str, tuple[Baseline, ...]] = {
-    "fedora:rotated_fmnist": (
-        Baseline("local-only", flags=("--baseline", "local")),
-        Baseline("FedAvg", flags=("--baseline", "fedavg")),
-    ),
-    "perfedavg:fmnist_writers": (
-        Baseline("FedAvg (the initial model, before personalization)",
-                 metric=("init_acc_mean", "final")),
-    ),
-}
 
 #: ``script:preset:scale`` -> why our mean differs from a comparable published number by more
 #: than EXPLAIN_ABOVE points. Entries only for results recorded in docs/results/.
@@ -291,9 +170,9 @@ def scale_overrides(t: Target, scale: str) -> dict[str, Any]:
 
 
 def cpu_scale(t: Target) -> CpuScale:
-    if t.name not in CPU_SCALE:
-        raise TypeError(f"CPU_SCALE has no entry for {t.name}: add one (reproduce.py)")
-    return CPU_SCALE[t.name]
+    if t.preset.cpu is None:
+        raise TypeError(f"preset {t.name} has no CPU scale: give its Preset a cpu=CpuScale(...)")
+    return t.preset.cpu
 
 
 def script_args(t: Target, scale: str) -> list[str]:
@@ -354,7 +233,7 @@ def format_list() -> str:
             lines.append(f"  published: {ref.source}: {' / '.join(ref.columns)} {cells(ref)}")
         if not p.references:
             lines.append("  published: none")
-        for b in BASELINES.get(t.name, ()):
+        for b in t.preset.baselines:
             how = (f"the same command with {shlex.join(b.flags)}" if b.flags
                    else f"{b.metric[1]} {b.metric[0]} of the same run")
             lines.append(f"  baseline:  {b.name}: {how}")
@@ -382,7 +261,7 @@ def headline_of(t: Target, summary: Mapping[str, Any]) -> dict[str, Any]:
     if t.preset.references:
         ref = t.preset.references[0]
         column = ref.columns[-1]
-        metric, stat = column_metric(t.script, column)
+        metric, stat = ref.reads[column]
         return dict(
             column=column,
             metric=metric,
@@ -390,8 +269,8 @@ def headline_of(t: Target, summary: Mapping[str, Any]) -> dict[str, Any]:
             unit="%",
             chosen=f"the last column of the preset's first reference ({ref.source})",
         )
-    if t.script in HEADLINES:
-        h = HEADLINES[t.script]
+    if t.preset.headline is not None:
+        h = t.preset.headline
         return dict(column=None, metric=h.metric, statistic=h.statistic,
                     history_metric=h.history_metric, label=h.label, unit="%",
                     chosen=f"no published reference for this preset: {h.why}")
@@ -410,16 +289,6 @@ def headline_of(t: Target, summary: Mapping[str, Any]) -> dict[str, Any]:
     )
 
 
-def column_metric(script: str, column: str) -> tuple[str, str]:
-    try:
-        return REFERENCE_COLUMNS[script][column]
-    except KeyError:
-        raise TypeError(
-            f"REFERENCE_COLUMNS has no entry for {script}'s reference column {column!r}: add "
-            "the summary.json metric and statistic its main() reports for it"
-        ) from None
-
-
 def value_of(summary: Mapping[str, Any], metric: str, stat: str) -> float | None:
     entry = summary.get(metric)
     if not isinstance(entry, dict) or entry.get(stat) is None:
@@ -434,49 +303,6 @@ def mean_std(values: Sequence[float | None]) -> tuple[float | None, float | None
         return None, None
     m = sum(nums) / len(nums)
     return m, (sum((v - m) ** 2 for v in nums) / len(nums)) ** 0.5
-
-
-def printed_reference_lines(lines: Sequence[str]) -> list[str]:
-    """The lines of a script's output that compare the run with a reference (published, a
-    regression reference, or ``not comparable: ...``)."""
-    return [x for x in lines if x.startswith((*REFERENCE_KINDS.values(), "not comparable: "))]
-
-
-def reference_line(ref: Reference, lines: Sequence[str]) -> tuple[bool | None, str | None]:
-    """(comparable, the script's line) for ``ref`` among the lines it printed."""
-    ok = f"{ref.label} ({ref.source}; metric: {ref.metric}): "
-    no = f"not comparable: {ref.source} was measured with "
-    for line in lines:
-        if line.startswith(ok):
-            return True, line
-        if line.startswith(no):
-            return False, line
-    return None, None
-
-
-def printed_numbers(ref: Reference, line: str) -> tuple[dict[str, float], dict[str, float]]:
-    """(published, this run) numbers by column from a comparable line (2 decimals)."""
-    rest = line[len(f"{ref.label} ({ref.source}; metric: {ref.metric}): ") :]
-    pub_text, _, mine_text = rest.partition(" | this run: ")
-
-    def grab(text: str) -> dict[str, float]:
-        out = {}
-        for c in ref.columns:
-            m = re.search(re.escape(c) + r" (-?\d+(?:\.\d+)?)", text)
-            if m:
-                out[c] = float(m.group(1))
-        return out
-
-    return grab(pub_text), grab(mine_text)
-
-
-def published_cell(ref: Reference, printed: Mapping[str, float]) -> tuple[dict, dict[str, float]]:
-    """The reference cell whose numbers the script printed (exact values), else the printed."""
-    for key, nums in ref.values.items():
-        if all(abs(round(v, 2) - printed.get(c, float("nan"))) < 1e-6
-               for c, v in zip(ref.columns, nums)):
-            return dict(zip(ref.cell, key)), dict(zip(ref.columns, nums))
-    return {}, dict(printed)
 
 
 def read_jsonl(path: Path) -> list[dict[str, Any]]:
@@ -539,9 +365,8 @@ def run_target(
     With ``reuse``, a seed already finished by the same command (see :func:`finished_seed`)
     is read back instead of run again, so seeds can be run in separate sittings and joined.
     """
-    for ref in t.preset.references:  # a missing column mapping is found before hours of work
-        for c in ref.columns:
-            column_metric(t.script, c)
+    if scale == "cpu":
+        cpu_scale(t)  # a preset without a CPU scale is found before any work
     base = runs_dir / f"{t.script}_{t.preset.name}" / scale
     per_seed: list[dict[str, Any]] = []
     histories: dict[int, list[dict[str, Any]]] = {}
@@ -561,7 +386,7 @@ def run_target(
                 wall_seconds=wall,
                 train_seconds=summary.get("train_seconds"),
                 rounds=summary.get("rounds"),
-                reference_lines=printed_reference_lines(lines),
+                references=summary.get("references"),
             )
         )
     head = headline_of(t, summaries[seeds[0]])
@@ -569,14 +394,14 @@ def run_target(
         row["value"] = value_of(summaries[row["seed"]], head["metric"], head["statistic"])
     mean, std = mean_std([row["value"] for row in per_seed])
     baselines, baseline_histories = [], {}
-    for b in BASELINES.get(t.name, ()):
+    for b in t.preset.baselines:
         entry, hists = baseline_entry(t, b, scale, seeds, base, extra, reuse, head, summaries,
                                       mean)
         baselines.append(entry)
         baseline_histories[b.name] = hists
     references, gaps = [], []
     for ref in t.preset.references:
-        entry = reference_entry(t, ref, per_seed, summaries)
+        entry = reference_entry(t, ref, per_seed)
         references.append(entry)
         for c, pub in (entry["published"] or {}).items():
             ours = entry["ours"][c]["mean"]
@@ -687,35 +512,28 @@ def reference_entry(
     t: Target,
     ref: Reference,
     per_seed: Sequence[Mapping[str, Any]],
-    summaries: Mapping[int, Mapping[str, Any]],
 ) -> dict[str, Any]:
-    """One reference: its numbers, whether the script found each seed's run comparable (its
-    printed lines), our value of each of its columns and, where comparable, the gap."""
-    found = [reference_line(ref, row["reference_lines"]) for row in per_seed]
-    comparable = bool(found) and all(ok is True for ok, _ in found)
+    """One reference over the seeds, from what each seed's summary.json recorded
+    (``references``, written by the script's ``Parsed.report_references``): whether every
+    seed's run was in the reference's setting, our value of each column (mean ± std over the
+    seeds) and the reference's numbers for the run's cell."""
+    found = []
+    for row in per_seed:
+        recorded = [e for e in row.get("references") or ()
+                    if e["source"] == ref.source and e["kind"] == ref.kind]
+        found.append(recorded[0] if recorded else None)
+    known = bool(found) and all(e is not None for e in found)
+    comparable = all(e["comparable"] for e in found) if known else None
     ours = {}
     for c in ref.columns:
-        metric, stat = column_metric(t.script, c)
-        vals = [value_of(summaries[row["seed"]], metric, stat) for row in per_seed]
-        m, s = mean_std(vals)
-        ours[c] = dict(metric=metric, statistic=stat, per_seed=vals, mean=m, std=s)
-    published, cell, agrees = None, None, None
-    if comparable:
-        pub, _ = printed_numbers(ref, found[0][1] or "")
-        cell, published = published_cell(ref, pub)
-        checks = []
-        for i, (_, line) in enumerate(found):
-            for c, printed in printed_numbers(ref, line or "")[1].items():
-                v = ours[c]["per_seed"][i]
-                if v is not None:
-                    checks.append(abs(v - printed) < 0.006)
-        agrees = all(checks) if checks else None
-        if agrees is False:
-            print(f"warning: {t.name}: REFERENCE_COLUMNS disagrees with the numbers the script "
-                  f"printed for {ref.source}", file=sys.stderr)
+        metric, stat = ref.reads[c]
+        vals = [None if e is None else e["ours"].get(c) for e in found]
+        m, sd = mean_std(vals)
+        ours[c] = dict(metric=metric, statistic=stat, per_seed=vals, mean=m, std=sd)
+    first = found[0] if known else None
     reasons = None
-    if found and found[0][0] is False:
-        reasons = (found[0][1] or "").split(" was measured with ", 1)[-1]
+    if first is not None and not first["comparable"]:
+        reasons = "; ".join(first["not_comparable_because"])
     return dict(
         source=ref.source,
         kind=ref.kind,
@@ -726,13 +544,12 @@ def reference_entry(
             dict(cell=dict(zip(ref.cell, key)), values=dict(zip(ref.columns, nums)))
             for key, nums in ref.values.items()
         ],
-        comparable=comparable if all(ok is not None for ok, _ in found) else None,
+        setting=None if first is None else first["setting"],
+        comparable=comparable,
         not_comparable_because=reasons,
-        lines=[line for _, line in found],
-        cell=cell,
-        published=published,
+        cell=first["cell"] if comparable else None,
+        published=first["published"] if comparable else None,
         ours=ours,
-        ours_agrees_with_script=agrees,
         gap={},
     )
 
@@ -925,14 +742,14 @@ def render_report(results_dir: Path, out: Path) -> str:
         f"`{shown_path(results_dir)}/`, which `python experiments/reproduce.py run "
         "SCRIPT:PRESET --scale smoke|cpu|full` writes; no number here is typed by hand. "
         "Scales: `smoke` (seconds, the numbers mean nothing), `cpu` (the preset shortened "
-        "to about 30 minutes per seed on a 2-core CPU: `CPU_SCALE` in "
-        "experiments/reproduce.py), `full` (the preset unchanged). *Ours* is the headline "
-        "metric (the last column of the preset's first published reference, else the "
-        "script's own in `HEADLINES`, else best `pers_acc_pooled` / `acc_pooled`): mean ± "
-        "population std over the seeds, in %. A preset without a published number is read "
-        "against baselines run on the same data with the same seeds (`BASELINES`). A "
-        "published number is compared only where the script itself judges the run's setting "
-        "the same (its `reference_lines`); *gap* = ours − published in points, and a gap "
+        "to about 30 minutes per seed on a 2-core CPU: the preset's `cpu` scale), `full` "
+        "(the preset unchanged). *Ours* is the headline metric (the last column of the "
+        "preset's first reference, else the preset's own `headline`, else best "
+        "`pers_acc_pooled` / `acc_pooled`): mean ± population std over the seeds, in %. A "
+        "preset without a published number is read against baselines run on the same data "
+        "with the same seeds (the preset's `baselines`). A reference's number is compared "
+        "only where the script judged the run's setting the same (the `references` its run "
+        "recorded in summary.json); *gap* = ours − published in points, and a gap "
         f"over {EXPLAIN_ABOVE:g} point needs an entry in `EXPLANATIONS` (else it reads "
         "*unexplained*). A *regression reference* is jaxpfl's own earlier run of the same "
         "preset, not a published number: its gap only shows whether the code still gives "

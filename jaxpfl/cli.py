@@ -48,10 +48,13 @@ __all__ = [
     "NO_EFFECT",
     "RESULT_FIELDS",
     "AtLeast",
+    "Baseline",
     "CliParser",
+    "CpuScale",
     "DataConfig",
     "ExperimentCli",
     "FieldSpec",
+    "Headline",
     "Parsed",
     "Preset",
     "REFERENCE_KINDS",
@@ -763,6 +766,8 @@ class Reference:
     such as ``clients_per_round``) to the value of the measurement (or :class:`AtLeast`).
     ``kind``: ``published`` (numbers of a paper or a peer's own benchmark) or ``regression``
     (jaxpfl's own earlier run: printed as a regression reference, never as published).
+    ``reads`` maps each column to the ``(metric, statistic)`` of summary.json it is compared
+    with (ours = 100 × ``summary[metric][statistic]``, mean over the run's seeds).
     With ``whole_preset``, every results-changing value of the preset (except ``ignore``: the
     seed, and the two spellings of clients per round, which a derived ``clients_per_round``
     states once) is part of the setting too (``setting`` entries override it).
@@ -777,10 +782,17 @@ class Reference:
     whole_preset: bool = False
     ignore: tuple[str, ...] = ("seed", "clients", "participation")
     kind: str = "published"
+    reads: Mapping[str, tuple[str, str]] = dataclasses.field(default_factory=dict)
 
     def __post_init__(self):
         if self.kind not in REFERENCE_KINDS:
             raise TypeError(f"Reference kind {self.kind!r}: one of {', '.join(REFERENCE_KINDS)}")
+        missing = [c for c in self.columns if c not in self.reads]
+        if missing or set(self.reads) - set(self.columns):
+            raise TypeError(
+                f"Reference {self.source!r}: reads must map each column {self.columns} to the "
+                f"(summary.json metric, statistic) it is, got {dict(self.reads)}"
+            )
 
     @property
     def label(self) -> str:
@@ -789,11 +801,44 @@ class Reference:
         return REFERENCE_KINDS[self.kind]
 
 
+class CpuScale(typing.NamedTuple):
+    """The overrides that make a preset fit under about 30 minutes per seed on a 2-core CPU
+    (``experiments/reproduce.py --scale cpu``), and why they are what they are."""
+
+    overrides: Mapping[str, Any]
+    why: str
+
+
+class Headline(typing.NamedTuple):
+    """The number reported as ours for a preset without a reference:
+    ``summary[metric][statistic]`` (``history_metric``: the per-round entry the plot draws,
+    the first of ``|``-separated names a run records)."""
+
+    metric: str
+    statistic: str
+    history_metric: str
+    why: str
+    label: str
+
+
+class Baseline(typing.NamedTuple):
+    """A baseline on the same data, for presets without a published number: either the same
+    script run again with ``flags`` (same seeds; its headline is read like ours), or a
+    ``metric`` (summary entry, statistic) of our own run."""
+
+    name: str
+    flags: tuple[str, ...] = ()
+    metric: tuple[str, str] | None = None
+
+
 @dataclasses.dataclass(frozen=True)
 class Preset:
     """A named reference setting: field overrides, the exact command, what its result is
     compared with, and its cost on a 2-core CPU. ``smoke``: overrides that shrink it to a
-    seconds-long run (``--smoke``; for tests, the numbers mean nothing)."""
+    seconds-long run (``--smoke``; for tests, the numbers mean nothing). What the reproduction
+    report needs is part of the preset: ``cpu`` (its CPU scale), ``headline`` (the number
+    reported as ours when it has no reference; else the last column of its first reference)
+    and ``baselines`` (run on the same data where no published number exists)."""
 
     name: str
     about: str
@@ -803,6 +848,9 @@ class Preset:
     smoke: Mapping[str, Any] = dataclasses.field(default_factory=dict)
     references: tuple[Reference, ...] = ()
     data: str = "shipped with jaxpfl"
+    cpu: CpuScale | None = None
+    headline: Headline | None = None
+    baselines: tuple[Baseline, ...] = ()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -840,6 +888,40 @@ class Parsed:
         """One line per reference of the preset: the published numbers beside ours when the
         run's setting matches, else ``not comparable: ...`` naming what differs."""
         return self.cli.reference_lines(self, run_values, ours)
+
+    def ours(self, summaries: Sequence[Mapping[str, Any]]) -> dict[str, float]:
+        """Our number of every reference column (``Reference.reads``): 100 × the summary's
+        metric and statistic, mean over ``summaries`` (one per seed); absent when a summary
+        lacks it."""
+        out: dict[str, float] = {}
+        for ref in self.preset.references if self.preset else ():
+            for c, (metric, stat) in ref.reads.items():
+                vals = [s.get(metric, {}).get(stat) if isinstance(s.get(metric), dict) else None
+                        for s in summaries]
+                if vals and all(v is not None for v in vals):
+                    out[c] = 100.0 * sum(float(v) for v in vals) / len(vals)
+        return out
+
+    def report_references(
+        self,
+        run_values: Mapping[str, Any],
+        summaries: Sequence[Mapping[str, Any]],
+        out: str | None = None,
+    ) -> list[dict[str, Any]]:
+        """Compare the run with every reference of the preset: print one line each (see
+        :meth:`reference_lines`) and record the comparisons (:meth:`ExperimentCli.compare_all`)
+        as ``references`` in ``out``/summary.json, where the report reads them."""
+        entries = self.cli.compare_all(self, run_values, self.ours(summaries))
+        for line in self.cli.format_references(self, entries):
+            print(line)
+        path = os.path.join(out, "summary.json") if out else None
+        if path and os.path.exists(path):
+            with open(path) as f:
+                summary = json.load(f)
+            summary["references"] = entries
+            with open(path, "w") as f:
+                json.dump(summary, f, indent=2)
+        return entries
 
 
 class _Removed(argparse.Action):
@@ -1096,28 +1178,59 @@ class ExperimentCli:
             reasons.append(f"({names}) in {cells} (this run: ({mine}))")
         return (None if reasons else numbers), reasons
 
+    def compare_all(
+        self, parsed: Parsed, run_values: Mapping[str, Any], ours: Mapping[str, float]
+    ) -> list[dict[str, Any]]:
+        """One record per reference of the preset (what summary.json keeps): its source, kind
+        and columns, the setting it was measured in (flag -> value), whether this run's
+        setting matches (else what differs), its numbers for this run's cell, and ours."""
+        preset = parsed.preset
+        entries = []
+        for ref in preset.references if preset else ():
+            numbers, reasons = self.compare(preset, ref, run_values)
+            key = tuple(run_values.get(n) for n in ref.cell)
+            entries.append(dict(
+                source=ref.source,
+                kind=ref.kind,
+                label=ref.label,
+                metric=ref.metric,
+                columns=list(ref.columns),
+                reads={c: list(ref.reads[c]) for c in ref.columns},
+                setting={
+                    self._label(k): str(v) if isinstance(v, AtLeast) else format_value(v)
+                    for k, v in self._setting(preset, ref).items()
+                },
+                comparable=numbers is not None,
+                not_comparable_because=None if numbers is not None else list(reasons),
+                cell=None if numbers is None else dict(zip(ref.cell, key)),
+                published=None if numbers is None else dict(zip(ref.columns, numbers)),
+                ours={c: ours.get(c) for c in ref.columns},
+            ))
+        return entries
+
+    def format_references(self, parsed: Parsed, entries: Sequence[Mapping[str, Any]]) -> list:
+        """The printed form of :meth:`compare_all`'s records."""
+        if parsed.preset is None:
+            return []
+        if not entries:
+            return [f"published: none for preset {parsed.preset.name}"]
+        lines = []
+        for e in entries:
+            if not e["comparable"]:
+                lines.append(f"not comparable: {e['source']} was measured with "
+                             + "; ".join(e["not_comparable_because"]))
+                continue
+            pub = ", ".join(f"{c} {v:.2f}" for c, v in e["published"].items())
+            mine = ", ".join(f"{c} n/a" if v is None else f"{c} {v:.2f}"
+                             for c, v in e["ours"].items())
+            lines.append(f"{e['label']} ({e['source']}; metric: {e['metric']}): {pub} "
+                         f"| this run: {mine}")
+        return lines
+
     def reference_lines(
         self, parsed: Parsed, run_values: Mapping[str, Any], ours: Mapping[str, float]
     ) -> list[str]:
-        preset = parsed.preset
-        if preset is None:
-            return []
-        if not preset.references:
-            return [f"published: none for preset {preset.name}"]
-        lines = []
-        for ref in preset.references:
-            numbers, reasons = self.compare(preset, ref, run_values)
-            if numbers is None:
-                lines.append(
-                    f"not comparable: {ref.source} was measured with " + "; ".join(reasons)
-                )
-                continue
-            pub = ", ".join(f"{c} {v:.2f}" for c, v in zip(ref.columns, numbers))
-            mine = ", ".join(f"{c} {ours[c]:.2f}" if c in ours else f"{c} n/a" for c in ref.columns)
-            lines.append(
-                f"{ref.label} ({ref.source}; metric: {ref.metric}): {pub} | this run: {mine}"
-            )
-        return lines
+        return self.format_references(parsed, self.compare_all(parsed, run_values, ours))
 
     def format_presets(self) -> str:
         """The preset table as text (``--list-presets``)."""

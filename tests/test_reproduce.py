@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from jaxpfl.cli import ExperimentCli
+from jaxpfl.cli import ExperimentCli, Preset, Reference
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -62,20 +62,29 @@ def test_list_shows_every_preset_of_every_script(capsys: pytest.CaptureFixture) 
         assert "  cost:" in block
 
 
-def test_tables_cover_every_preset_and_reference_column(tmp_path: Path) -> None:
+def test_every_preset_carries_what_the_report_needs(tmp_path: Path) -> None:
+    """The CPU scale, headline and reference columns are fields of each preset (nothing
+    keyed by script:preset in reproduce.py): every preset has a CPU scale whose overrides the
+    script accepts, and a reference cannot be defined without saying what each column is."""
     presets = experiment_presets()
-    assert set(R.CPU_SCALE) == {f"{s}:{p}" for s, (_, ps) in presets.items() for p in ps}
-    for name, scale in R.CPU_SCALE.items():
-        script, preset = name.split(":")
-        cli = presets[script][0]
-        assert scale.why
-        flags = R.override_flags(cli, scale.overrides)
-        parsed = cli.parse(["--preset", preset, *flags, "--out", str(tmp_path / "o")])
+    assert {t.name for t in R.targets()} == {
+        f"{s}:{p}" for s, (_, ps) in presets.items() for p in ps}
+    for t in R.targets():
+        scale = R.cpu_scale(t)
+        assert scale.why, t.name
+        flags = R.override_flags(t.cli, scale.overrides)
+        parsed = t.cli.parse(["--preset", t.preset.name, *flags, "--out", str(tmp_path / "o")])
         for k, v in scale.overrides.items():
             assert parsed.values[k] == v
-        for ref in cli.presets[preset].references:
-            for column in ref.columns:
-                assert column in R.REFERENCE_COLUMNS[script], (name, column)
+        for ref in t.preset.references:
+            assert set(ref.reads) == set(ref.columns), (t.name, ref.source)
+        head = R.headline_of(t, {"acc_pooled": {"best": 0.5}})
+        assert head["metric"] and head["statistic"] in ("best", "final", "acc_mean"), t.name
+    with pytest.raises(TypeError, match="reads must map each column"):
+        Reference(source="x", metric="m", columns=("a (%)",), values={(): (1.0,)})
+    bare = Preset(name="bare", about="", overrides={}, command="", cost="")
+    with pytest.raises(TypeError, match="no CPU scale"):
+        R.cpu_scale(R.Target("fedavg", presets["fedavg"][0], bare))
     for key in R.EXPLANATIONS:  # explanations only for recorded results
         script, preset, scale = key.split(":")
         assert (REPO / "docs" / "results" / f"{script}_{preset}_{scale}.json").exists(), key
@@ -121,10 +130,16 @@ def test_run_writes_the_json_and_the_plot(smoke_run: tuple[Path, dict[str, Any]]
     assert seed["wall_seconds"] > 0 and doc["wall_seconds_mean"] == seed["wall_seconds"]
     refs = doc["references"]
     assert [r["cells"][0]["values"]["best acc_pooled (%)"] for r in refs] == [85.85, 69.83]
-    for r in refs:  # a smoke run is never the published setting: the script's own lines say so
+    # A smoke run is never the published setting: the script recorded so in summary.json
+    # (what the report reads; its printed lines are never parsed).
+    assert seed["references"] == summary["references"] and "reference_lines" not in seed
+    for r, recorded in zip(refs, summary["references"]):
         assert r["comparable"] is False and r["published"] is None
-        assert r["lines"][0].startswith("not comparable: " + r["source"])
+        assert recorded["comparable"] is False and recorded["source"] == r["source"]
+        assert r["not_comparable_because"] == "; ".join(recorded["not_comparable_because"])
         assert "--rounds" in r["not_comparable_because"]
+        assert r["setting"]["--rounds"] in ("2000", "25")
+        assert r["ours"]["best acc_pooled (%)"]["per_seed"] == [seed["value"]]
     assert doc["gaps"] == [] and doc["machine"]["backend"] == "cpu"
 
 
@@ -177,18 +192,18 @@ def test_report_numbers_are_the_json_numbers(
     assert c[8] == f"{doc['machine']['cpu']} ({doc['machine']['cpus']} cores)"
     assert c[9] == f"[png]({os.path.relpath(results, out.parent)}/fedavg_pfllib_smoke.png)"
 
-    # A comparable result (the script's own line, from its reference_lines) with a gap > 1
-    # point and no explanation reads "unexplained"; with an explanation, a note.
+    # A comparable result (as the script records it in summary.json) with a gap > 1 point and
+    # no explanation reads "unexplained"; with an explanation, a note.
     t = R.find_target("fedavg:pfllib")
     parsed = t.cli.parse(["--preset", "pfllib", "--rounds", "25", "--out", str(tmp_path / "x")])
-    lines = parsed.reference_lines({**parsed.values, "clients_per_round": 20},
-                                   {"best acc_pooled (%)": 75.0})
-    summaries = {0: {"acc_pooled": {"best": 0.75, "final": 0.7}}}
-    rows = [{"seed": 0, "reference_lines": lines}]
-    entries = [R.reference_entry(t, ref, rows, summaries) for ref in t.preset.references]
+    recorded = t.cli.compare_all(parsed, {**parsed.values, "clients_per_round": 20},
+                                 parsed.ours([{"acc_pooled": {"best": 0.75, "final": 0.7}}]))
+    rows = [{"seed": 0, "references": recorded}]
+    entries = [R.reference_entry(t, ref, rows) for ref in t.preset.references]
     assert [e["comparable"] for e in entries] == [False, True]
     assert entries[1]["published"] == {"best acc_pooled (%)": 69.83}
-    assert entries[1]["ours_agrees_with_script"] is True
+    assert entries[1]["ours"]["best acc_pooled (%)"]["mean"] == pytest.approx(75.0)
+    assert entries[0]["not_comparable_because"] == "--rounds 2000 (this run: 25)"
     fake = copy.deepcopy(doc)
     fake.update(scale="cpu", references=entries, mean=75.0, std=0.0, gaps=[
         dict(source=entries[1]["source"], column="best acc_pooled (%)", ours=75.0,
@@ -250,7 +265,7 @@ def test_a_metric_baseline_is_read_from_our_own_runs(tmp_path: Path) -> None:
     """perfedavg:fmnist_writers: the FedAvg baseline is the initial accuracy of the same runs
     (no extra run), per seed, with ours − it from the seeds' means."""
     t = R.find_target("perfedavg:fmnist_writers")
-    (b,) = R.BASELINES[t.name]
+    (b,) = t.preset.baselines
     summaries = {s: {"init_acc_mean": {"final": v}} for s, v in ((0, 0.80), (1, 0.84))}
     for s in summaries:
         (tmp_path / f"seed{s}").mkdir()
@@ -267,15 +282,17 @@ def test_a_metric_baseline_is_read_from_our_own_runs(tmp_path: Path) -> None:
 
 
 def test_own_earlier_run_reads_as_a_regression_reference(tmp_path: Path) -> None:
-    """perfedavg:default compares with jaxpfl's own earlier run: the script's line is found
-    (its label, not "published"), and the report names it a regression reference."""
+    """perfedavg:default compares with jaxpfl's own earlier run: recorded as a regression
+    reference (not "published"), and the report names it so."""
     t = R.find_target("perfedavg:default")
     parsed = t.cli.parse(["--out", str(tmp_path / "x")])
     run = {**parsed.values, "clients_per_round": 20, "data_clients": 50, "eval_clients": 10}
     ours = {"initial acc (%)": 95.0, "personalized acc (%)": 99.0}
-    lines = R.printed_reference_lines(["| metric |", *parsed.reference_lines(run, ours)])
-    summaries = {0: {"init_acc_mean": {"final": 0.95}, "pers_acc_mean": {"final": 0.99}}}
-    (entry,) = [R.reference_entry(t, ref, [{"seed": 0, "reference_lines": lines}], summaries)
+    (line,) = parsed.reference_lines(run, ours)
+    assert line.startswith("regression reference (jaxpfl's own earlier run")
+    recorded = t.cli.compare_all(parsed, run, ours)
+    assert recorded[0]["label"] == "regression reference"
+    (entry,) = [R.reference_entry(t, ref, [{"seed": 0, "references": recorded}])
                 for ref in t.preset.references]
     assert entry["comparable"] is True and entry["kind"] == "regression"
     assert entry["published"] == {"initial acc (%)": 95.84, "personalized acc (%)": 99.30}
