@@ -20,6 +20,7 @@ from toy import MODEL, np_loss_grad, np_params, schedule_batches, toy_dataset
 
 from jaxpfl.algorithms.fedora import (
     LAMBDA_RULES,
+    LOSS_REDUCTIONS,
     FedoraConfig,
     client_summaries,
     client_summary,
@@ -51,7 +52,7 @@ CFG = FedoraConfig(
     temperature=10.0,
     top_k=2,
     damping=0.8,
-    loss_reduction="mean_of_batch_means",
+    loss_reduction="sum_of_batch_means",  # the reference's get_loss
     client_lr=0.2,
     client_momentum=0.5,
     weight_decay=0.01,
@@ -111,6 +112,11 @@ def np_valloss(p, x, y, idx, batch_size, reduction):
     if reduction == "mean":
         return np_loss_grad(p, x[idx], y[idx])[0]
     batches = [idx[s : s + batch_size] for s in range(0, len(idx), batch_size)]
+    if reduction == "sum_of_batch_means":  # the reference's get_loss, literally
+        loss = 0.0
+        for b in batches:  # an unshuffled DataLoader over the validation split
+            loss += np_loss_grad(p, x[b], y[b])[0]  # criterion(...) is the batch mean
+        return loss
     return float(np.mean([np_loss_grad(p, x[b], y[b])[0] for b in batches]))
 
 
@@ -322,7 +328,7 @@ def _client(ds, k, split="train"):
                       jnp.asarray(ds.y), jnp.asarray(va, jnp.int32), jnp.int32(len(va)))
 
 
-@pytest.mark.parametrize("reduction", ["mean", "mean_of_batch_means"])
+@pytest.mark.parametrize("reduction", ["mean", "mean_of_batch_means", "sum_of_batch_means"])
 def test_validation_loss_matches_numpy(reduction):
     ds = _dataset()
     data = _client(ds, 2).split("val")
@@ -331,6 +337,18 @@ def test_validation_loss_matches_numpy(reduction):
     assert got == pytest.approx(want, abs=1e-6)
     empty = data.with_index(data.idx, jnp.int32(0))
     assert float(validation_loss(MODEL, _params(), empty, reduction, 5)) == 0.0
+
+
+def test_reductions_agree_on_one_batch_and_differ_on_two():
+    """The reference's sum of batch means equals the per-example mean only when the split is
+    one batch (its rotated setting: 64 validation examples, B 64); on two batches it is twice
+    the mean of the batch means."""
+    data = _client(_dataset(), 2).split("val")  # 6 validation examples
+    one = [float(validation_loss(MODEL, _params(), data, r, 64)) for r in LOSS_REDUCTIONS]
+    assert one == pytest.approx([one[0]] * len(one), abs=1e-6)
+    two = {r: float(validation_loss(MODEL, _params(), data, r, 5)) for r in LOSS_REDUCTIONS}
+    assert two["sum_of_batch_means"] == pytest.approx(2 * two["mean_of_batch_means"], rel=1e-6)
+    assert two["sum_of_batch_means"] > 1.5 * two["mean"]
 
 
 # -------------------------------------------------------------------- the local step

@@ -11,7 +11,10 @@ model; FEDORA needs every client in every round (C = 1).
 
 Differences from the reference code (§6.6): an exact SVD instead of ``svd_lowrank``; top-k
 ties go to the lowest column index; no discarded extra training of ŵ_k; D⁻¹A is row
-normalisation (the reference's docstring calls it symmetric).
+normalisation (the reference's docstring calls it symmetric); valloss L is the per-example
+mean by default, while the reference's ``get_loss`` adds up the batch means
+(``loss_reduction='sum_of_batch_means'`` is that; the two agree only when the validation split
+is one batch, as in the reference's rotated setting: 64 examples, B 64).
 """
 
 from __future__ import annotations
@@ -47,7 +50,9 @@ LAMBDA_RULES: dict[str, Callable[[jax.Array], jax.Array]] = {
     "fedora": lambda d: jnp.where(d < 0, 0.0, jnp.exp(d / 2)).astype(jnp.float32),
     "zero": lambda d: jnp.zeros_like(d, jnp.float32),
 }
-LOSS_REDUCTIONS = ("mean", "mean_of_batch_means")
+#: valloss reductions: ``mean`` (per example), ``mean_of_batch_means``, ``sum_of_batch_means``
+#: (the reference's ``get_loss``: it adds up the mean of every validation batch).
+LOSS_REDUCTIONS = ("mean", "mean_of_batch_means", "sum_of_batch_means")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -61,13 +66,14 @@ class FedoraConfig:
       propagate: off: ŵ_k = θ_k (no mixing, no similarity graph; the local-only baseline)
       lambda_rule: λ from Δ = L_local − L_received: fedora (0 if Δ < 0 else exp(Δ/2)) or
         zero (λ ≡ 0, the local-only baseline)
-      loss_reduction: validation loss: mean (per example) or mean_of_batch_means (the
-        reference's mean of the means of unshuffled batches of batch_size)
+      loss_reduction: validation loss over unshuffled batches of batch_size: mean (per
+        example), mean_of_batch_means, or sum_of_batch_means (the reference's: the sum of the
+        batch means; all three agree when the split is one batch)
       client_lr: client SGD learning rate η (also the pull's step size)
       client_momentum: client SGD momentum μ in [0, 1) (PyTorch SGD; the pull is not in it)
       weight_decay: client weight decay wd >= 0, inside the optimizer
       local_epochs: local epochs E per round (the reference's inner_steps)
-      batch_size: client batch size B (training and mean_of_batch_means)
+      batch_size: client batch size B (training and the batched valloss reductions)
       participation: clients per round as a fraction; FEDORA requires 1 (every client, every
         round: the driver must sample all of them)
     """
@@ -212,8 +218,9 @@ def propagation_matrix(
 
 def validation_loss(model, params: PyTree, data: ClientData, reduction: str, batch_size: int):
     """valloss of ``params`` on ``data``'s active row (eval mode, no gradient): the per-example
-    mean (``'mean'``) or the mean over the row's unshuffled batches of ``batch_size`` of each
-    batch's mean (``'mean_of_batch_means'``, the reference). 0 for an empty row."""
+    mean (``'mean'``), or over the row's unshuffled batches of ``batch_size`` the mean
+    (``'mean_of_batch_means'``) or the sum (``'sum_of_batch_means'``, the reference's
+    ``get_loss``) of each batch's mean. 0 for an empty row."""
     if reduction == "mean":
         c = client_eval(model, params, data)
         return c.loss_sum / jnp.maximum(c.count, 1).astype(jnp.float32)
@@ -227,7 +234,10 @@ def validation_loss(model, params: PyTree, data: ClientData, reduction: str, bat
         means.append(c.loss_sum / jnp.maximum(n_j, 1).astype(jnp.float32))
         nonempty.append((n_j > 0).astype(jnp.float32))
     means, nonempty = jnp.stack(means), jnp.stack(nonempty)
-    return jnp.sum(means * nonempty) / jnp.maximum(jnp.sum(nonempty), 1.0)
+    total = jnp.sum(means * nonempty)
+    if reduction == "sum_of_batch_means":
+        return total
+    return total / jnp.maximum(jnp.sum(nonempty), 1.0)
 
 
 @functools.cache
@@ -263,7 +273,7 @@ def fedora(
     .. math::
         P &= (1 − a)(I − aS)^{-1}\quad(\text{once, from } u_k;\ \texttt{propagation\_matrix})\\
         Δ_k &= L(θ_k) − L(ŵ_k),\quad λ_k = 0 \text{ if } Δ_k < 0 \text{ else } e^{Δ_k/2}
-             \quad(L = \text{valloss on } D_k^{val})\\
+             \quad(L = \text{valloss on } D_k^{val},\ \texttt{loss\_reduction})\\
         θ &← θ − η\,\mathrm{buf}(∇ℓ(θ; b) + wd\,θ) − ηλ_k(θ − ŵ_k)
              \quad(E \text{ epochs, } B;\ \text{pull at the pre-step } θ)\\
         ŵ_i &← Σ_j P_{ij} θ_j\quad(\text{every client, after every round})
