@@ -11,9 +11,11 @@ clients per round, ``--participation C`` the same as a fraction; the total is ``
 Evaluates, after every round t (record ``round`` = t+1, PFLlib's round index), each client's
 ALA output θ̂_k (its model before training in round t+1) on its test split (``pers_*``; pooled =
 PFLlib's "Averaged Test Accuracy") and the global model w on the same splits (``init_*``).
-Round 0 is w_0 everywhere. With ``--eval-trained`` (on in the presets) it also reports the
-trained local models of round t (``trained_acc_pooled``), PFLlib's second evaluation per round:
-PFLlib's printed "best accuracy" is the max over both. Each record lists the start-phase /
+Round 0 is w_0 everywhere. That is PFLlib's only evaluation per round (its server evaluates
+after sending the models, i.e. after ALA, and before training; its printed "best accuracy" is
+the best of those). With ``--eval-trained`` (on in the presets) it also reports the trained
+local models of round t (``trained_acc_pooled``), an extra measurement PFLlib does not make.
+Each record lists the start-phase /
 weight-learning passes of every client's last ALA call (``ala_passes``) and, with the
 ``sequential`` strategy (the CPU default), the round's seconds split by the engine into the ALA
 stage and the rest (``round_stage_seconds``, ``round_clients_seconds``; ``round_seconds`` is the
@@ -141,8 +143,8 @@ PRESETS: tuple[Preset, ...] = (
             ),
             Reference(
                 source="PFLlib's own code on a CPU, same split, 25 rounds "
-                "(docs/algorithms.md §5.6; "
-                "its best is over both of its evaluations per round; start phase 11-12 passes)",
+                "(docs/algorithms.md §5.6; its best over its one evaluation per round, of the "
+                "ALA outputs before training; start phase 11-12 passes)",
                 metric=METRIC,
                 columns=("best acc_pooled (%)",),
                 reads={"best acc_pooled (%)": ("pers_acc_pooled", "best")},

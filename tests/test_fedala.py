@@ -483,29 +483,110 @@ def test_ala_on_selected_only():
         np.testing.assert_array_equal(c1.theta[p][[0, 2]], c0.theta[p][[0, 2]])
 
 
+def run_selected_only_reference(cfg: FedALAConfig, rounds) -> list[list[dict]]:
+    """``ala_on_selected_only`` literally: in round t >= 1 each selected client runs ALA of
+    w_t (sample key ``fold_in(data key, 2)``) right before its training; the others keep their
+    stored model. Returns every client's stored θ_k after each round (what the driver's
+    evaluation after the round sees)."""
+    ds = toy_dataset(SIZES)
+    n_clients = len(SIZES)
+    w = np_params(_params())
+    theta = [dict(w) for _ in range(n_clients)]
+    W = [{k: np.ones_like(w[k]) for k in TOP} for _ in range(n_clients)]
+    start = [True] * n_clients
+    out = []
+    for t, ids in enumerate(rounds):
+        msgs = []
+        for k in ids:
+            n = len(ds.train[k])
+            key = derive(ROOT, K.DATA, t, k)
+            if t > 0:
+                _, r, n_s = ala_schedule(jax.random.fold_in(key, 2), n, max(n, 1),
+                                         cfg.rand_percent, cfg.batch_size, 1)
+                theta[k], W[k], _ = _np_ala(w, theta[k], W[k], start[k], ds, k, int(r),
+                                            int(n_s), cfg)
+                start[k] = False
+            sched = epoch_schedule(jax.random.fold_in(key, 0), n, max(n, 1), cfg.batch_size,
+                                   cfg.local_epochs, drop_last=True)
+            theta[k] = np_sgd_epochs(theta[k], ds.x, ds.y, schedule_batches(sched, ds.train[k]),
+                                     cfg.client_lr)
+            msgs.append((theta[k], n))
+        total = sum(n for _, n in msgs)
+        w = {p: sum(th[p] * n for th, n in msgs) / total for p in w}
+        out.append([dict(th) for th in theta])
+    return out
+
+
+FULL = ([0, 1, 2, 3],) * 3  # C = 1
+
+
+@pytest.mark.parametrize("rounds", [ROUNDS, FULL], ids=["C=0.5", "C=1"])
+def test_ala_on_selected_only_equals_its_literal_loop(rounds):
+    """What ala_on_selected_only computes, numerically: the stored (and evaluated) θ_k after
+    each round are the selected clients' trained models and the others' stale ones."""
+    cfg = FedALAConfig(eta=5.0, threshold=0.0025, max_start_passes=25, client_lr=0.1,
+                       batch_size=5, ala_on_selected_only=True)
+    want = run_selected_only_reference(cfg, rounds)
+    _, _, _, out = run_engine(Strategy("sequential"), cfg, rounds)
+    for t, ((st, _), ref) in enumerate(zip(out, want)):
+        for k in range(len(SIZES)):
+            for p in ref[k]:
+                np.testing.assert_allclose(st.clients.theta[p][k], ref[k][p], atol=1e-5,
+                                           err_msg=f"round {t} client {k} {p}")
+
+
+def test_ala_on_selected_only_differs_from_the_reference_at_full_participation():
+    """Even with C = 1 the option is not the reference's schedule: the models evaluated after
+    a round are trained models, not ALA outputs, and the ALA sample uses another key."""
+    sel = FedALAConfig(eta=5.0, threshold=0.0025, max_start_passes=25, client_lr=0.1,
+                       batch_size=5, ala_on_selected_only=True)
+    _, _, _, ref = run_engine(Strategy("sequential"), CFG, FULL)
+    _, _, _, opt = run_engine(Strategy("sequential"), sel, FULL)
+    gap = max(float(np.abs(ref[-1][0].clients.theta[p] - opt[-1][0].clients.theta[p]).max())
+              for p in TOP)
+    assert gap > 1e-3
+
+
+def test_cache_features_is_a_setting_that_takes_effect(monkeypatch):
+    """The feature cache is a field of the config (no module switch to set by mistake): off,
+    the cached path is never entered; on, it is."""
+    import sys
+
+    module = sys.modules[ala.__module__]  # the package exports a function of that name
+
+    def no_cache(*args, **kwargs):
+        raise AssertionError("the cached-feature path ran")
+
+    monkeypatch.setattr(module, "_feature_rows", no_cache)
+    assert not hasattr(module, "CACHE_FEATURES")
+    model = get_model("cnn", (28, 28, 1), 10)
+    x = jnp.zeros((12, 28, 28, 1), jnp.uint8)
+    w = model.init(jax.random.key(0), x[:1])
+    ones = tuple(jnp.ones_like(leaf_at(w, p)) for p in top_paths(model, 2))
+    data = ClientData(jnp.arange(12, dtype=jnp.int32), jnp.int32(12), x, jnp.zeros(12, jnp.int32))
+    off = FedALAConfig(batch_size=5, max_start_passes=2, cache_features=False)
+    ala(model, off, w, w, ones, False, data, jax.random.key(1))  # runs the full model
+    with pytest.raises(AssertionError, match="cached-feature path ran"):
+        ala(model, FedALAConfig(batch_size=5, max_start_passes=2), w, w, ones, False, data,
+            jax.random.key(1))
+
+
 # ---- the ALA passes on cached features (FedAvgCNN: the conv body is w's in every pass) -----
 
 
 @pytest.mark.parametrize("start", [True, False], ids=["start-phase", "one-pass"])
 @pytest.mark.parametrize("traced", [False, True], ids=["eager", "jit"])
-def test_cached_features_equal_the_full_model(start, traced, monkeypatch):
-    _cached_vs_full(start, traced, monkeypatch)
+def test_cached_features_equal_the_full_model(start, traced):
+    _cached_vs_full(start, traced)
 
 
-def test_eager_feature_pass_computes_only_the_real_chunks(monkeypatch):
+def test_eager_feature_pass_computes_only_the_real_chunks():
     """A padded row (width 50, n = 37: 29 sample examples in 40 slots) and chunks of 8: the
     eager path computes 4 of the 5 chunks and zero-fills the last; the same result."""
-    import sys
-
-    monkeypatch.setattr(sys.modules[ala.__module__], "_FEATURE_CHUNK", 8)
-    _cached_vs_full(False, False, monkeypatch, width=50)
+    _cached_vs_full(False, False, width=50, chunk=8)
 
 
-def _cached_vs_full(start, traced, monkeypatch, width: int = 37):
-    import sys
-
-    fedala_module = sys.modules[ala.__module__]  # the package exports a function of that name
-
+def _cached_vs_full(start, traced, width: int = 37, chunk: int = 256):
     model = get_model("cnn", (28, 28, 1), 10)
     rng = np.random.default_rng(0)
     x = jnp.asarray(rng.integers(0, 256, (50, 28, 28, 1)).astype(np.uint8))
@@ -515,10 +596,10 @@ def _cached_vs_full(start, traced, monkeypatch, width: int = 37):
     paths = top_paths(model, 2)
     ones = tuple(jnp.ones_like(leaf_at(w, p)) for p in paths)
     data = ClientData(jnp.arange(width, dtype=jnp.int32), jnp.int32(37), x, y)
-    cfg = FedALAConfig(eta=1.0, batch_size=5, max_start_passes=12, threshold=1e-4)
     outs = {}
     for cache in (False, True):
-        monkeypatch.setattr(fedala_module, "CACHE_FEATURES", cache)
+        cfg = FedALAConfig(eta=1.0, batch_size=5, max_start_passes=12, threshold=1e-4,
+                           cache_features=cache, feature_chunk=chunk)
         fn = functools.partial(ala, model, cfg)
         fn = jax.jit(fn) if traced or not cache else fn  # the full model jitted: the reference
         outs[cache] = fn(w, theta, ones, start, data, jax.random.key(2))

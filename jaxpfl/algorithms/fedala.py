@@ -66,9 +66,16 @@ class FedALAConfig:
       drop_last: drop each epoch's short last batch in local training (PFLlib, FedALA-repo)
       shuffle: reshuffle local training data every epoch (PFLlib; FedALA-repo: off)
       ala_on_selected_only: run ALA only on the round's selected clients, inside
-        client_update before training (cheaper; deviates from the reference when C < 1)
+        client_update before training (cheaper; not the reference's schedule for any C: the
+        ALA sample is drawn with another key, and the models evaluated after a round are the
+        trained (or, unselected, stale) local models, not ALA outputs)
       eval_trained: also count each trained model's test predictions (client metrics
-        trained_correct / trained_count: PFLlib's second, after-training evaluation)
+        trained_correct / trained_count): an extra measurement of jaxpfl's; PFLlib evaluates
+        once per round, the ALA outputs before training
+      cache_features: run the ALA passes on the sample's features cached at the first top
+        layer (exact: the layers below are w's in every pass); off runs the full model each
+        pass (the reference's computation; for tests and comparisons)
+      feature_chunk: examples per compiled call when the features are cached
     """
 
     eta: float = 1.0
@@ -84,6 +91,8 @@ class FedALAConfig:
     shuffle: bool = True
     ala_on_selected_only: bool = False
     eval_trained: bool = dataclasses.field(default=False, metadata={"affects_results": False})
+    cache_features: bool = dataclasses.field(default=True, metadata={"affects_results": False})
+    feature_chunk: int = dataclasses.field(default=256, metadata={"affects_results": False})
 
     def __post_init__(self):
         def need(ok: bool, name: str, what: str) -> None:
@@ -101,6 +110,7 @@ class FedALAConfig:
         need(0 < self.client_lr < inf, "client_lr", "> 0")
         need(self.batch_size >= 1, "batch_size", ">= 1")
         need(self.local_epochs >= 0, "local_epochs", ">= 0")
+        need(self.feature_chunk >= 1, "feature_chunk", ">= 1")
 
 
 class ServerState(NamedTuple):
@@ -263,12 +273,6 @@ def _ala_loop(model, eta: float, paths: tuple[Path, ...], m: int, threshold: flo
     return step, stop
 
 
-# The ALA passes on cached features (exact: the layers below the top set are w's in every
-# pass, and deterministic without dropout); tests switch it off to compare with the full model.
-CACHE_FEATURES = True
-_FEATURE_CHUNK = 256
-
-
 @dataclasses.dataclass(frozen=True)
 class _Head:
     """The model from ``layer`` on, as a model: ``apply(params, h)`` on that layer's input."""
@@ -287,21 +291,21 @@ def _features(model, layer: str, w, x, chunks):
     return jax.lax.map(lambda c: model.features(w, x[c], layer), chunks)
 
 
-def _feature_rows(model, layer: str, w, data: ClientData, sched: Schedule, n_s):
+def _feature_rows(model, layer: str, w, data: ClientData, sched: Schedule, n_s, chunk: int):
     """The ALA sample as features: row slot j holds the input of ``layer`` under w for sample
-    slot j (computed in chunks of 256), and the schedule reads slots 0..nb·B−1 in order.
-    Called eagerly (``sequential``), only the chunks holding the n_s real slots are computed
-    (one compiled chunk shape); the slots past them are zeros the schedule never marks valid.
-    Traced, every chunk of the padded width is computed."""
+    slot j (computed in chunks of ``chunk`` examples), and the schedule reads slots 0..nb·B−1
+    in order. Called eagerly (``sequential``), only the chunks holding the n_s real slots are
+    computed (one compiled chunk shape); the slots past them are zeros the schedule never
+    marks valid. Traced, every chunk of the padded width is computed."""
     pos = sched.positions[0]  # [nb, B], the same in every pass
     ids = data.idx[pos.reshape(-1)]
     total = ids.shape[0]
-    padded = -(-total // _FEATURE_CHUNK) * _FEATURE_CHUNK
-    chunks = jnp.pad(ids, (0, padded - total)).reshape(-1, _FEATURE_CHUNK)
+    padded = -(-total // chunk) * chunk
+    chunks = jnp.pad(ids, (0, padded - total)).reshape(-1, chunk)
     if isinstance(n_s, jax.core.Tracer):
         feats = _features(model, layer, w, data.x, chunks)
     else:
-        need = max(1, -(-int(n_s) // _FEATURE_CHUNK))
+        need = max(1, -(-int(n_s) // chunk))
         real = [_features(model, layer, w, data.x, chunks[j : j + 1]) for j in range(need)]
         feats = jnp.concatenate(real)
         if need < chunks.shape[0]:
@@ -332,11 +336,12 @@ def ala(model, config: FedALAConfig, w: PyTree, theta: PyTree, weights: tuple, s
     consts = _Consts(w, theta_top, jnp.asarray(start, bool), n_s > 0)
     learner = model
     cacheable = getattr(model, "features", None) is not None and len(paths[0]) >= 3
-    if CACHE_FEATURES and cacheable and not model.uses_dropout:
+    if config.cache_features and cacheable and not model.uses_dropout:
         # Every tensor below the top set is w's, the same in every pass: the sample's features
         # at the first top layer are computed once, and the passes run the head alone on them.
         learner = _Head(model, paths[0][1])
-        data, sched = _feature_rows(model, learner.layer, w, data, sched, n_s)
+        data, sched = _feature_rows(model, learner.layer, w, data, sched, n_s,
+                                    config.feature_chunk)
     step, stop = _ala_loop(learner, float(config.eta), paths, config.num_pre_loss,
                            float(config.threshold))
     weights, st = local_steps(step, tuple(weights), consts, data, sched,
@@ -365,11 +370,12 @@ def fedala(model, config: FedALAConfig = FedALAConfig()) -> Algorithm:
     ``personal_params`` gives the ALA outputs, ``global_params`` w (logged as ``init_``).
 
     Deviation flags: the pass cap (``max_start_passes``, the reference may hang); a keyed slice
-    start (the reference's is unseeded); the last short ALA batch is kept (the reference's
-    loader drops it, and crashes when the sample is shorter than B); an empty sample learns
-    nothing. ``ala_on_selected_only`` runs ALA inside ``client_update`` on S_t only (skipped
-    in round 0, key ``fold_in(data key, 2)``); the driver then evaluates trained models for
-    the selected clients.
+    start (the reference's is unseeded); an empty sample learns nothing. The last short ALA
+    batch is kept, as both references' ALA loaders do (``drop_last=False``).
+    ``ala_on_selected_only`` runs ALA inside ``client_update`` on S_t only (skipped in round
+    0, key ``fold_in(data key, 2)``, not the stage key): the stored θ_k after a round are then
+    the trained models (selected) or stale ones, so the evaluation after the round measures
+    those, not ALA outputs, for any C.
     """
     paths = top_paths(model, config.layer_idx)
     tx = client_sgd(config.client_lr)
