@@ -133,6 +133,11 @@ HEADLINE = Headline(
     "test acc_mean at the best validation",
 )
 
+#: The per-round evidence the report keeps (docs/results.md): share of clients pulled toward
+#: ŵ_k (λ > 0), mean λ, and ŵ_k (received_) and θ_k (pers_) on the validation and test splits.
+CURVES = ("client_pulled", "client_lambda", "val_received_acc_mean", "received_acc_mean",
+          "val_pers_acc_mean", "pers_acc_mean")
+
 #: The presets (docs/algorithms.md §6.4-6.5, §9). Costs: nice -n 5 on a busy shared 2-core CPU.
 PRESETS: tuple[Preset, ...] = (
     Preset(
@@ -147,6 +152,7 @@ PRESETS: tuple[Preset, ...] = (
         "about 2.5 s each with compilation): 30 rounds took 60-70 s wall per variant",
         smoke=dict(num_clients=4, n_train=16, n_val=8, n_test=8, rounds=2, eval_every=1),
         headline=HEADLINE,
+        curves=CURVES,
     ),
     Preset(
         name="rotated_fmnist",
@@ -166,6 +172,7 @@ PRESETS: tuple[Preset, ...] = (
         "rounds ≈ 8-12 min per variant",
         smoke=dict(num_clients=4, n_train=16, n_val=8, n_test=8, rounds=2, eval_every=1),
         headline=HEADLINE,
+        curves=CURVES,
         baselines=(
             Baseline("local-only", flags=("--baseline", "local")),
             Baseline("FedAvg", flags=("--baseline", "fedavg")),
@@ -182,6 +189,7 @@ PRESETS: tuple[Preset, ...] = (
         cost="as rotated_fmnist",
         smoke=dict(num_clients=4, n_train=16, n_val=8, n_test=8, rounds=2, eval_every=1),
         headline=HEADLINE,
+        curves=CURVES,
         data="MNIST IDX files (train-/t10k-images/labels) in --data-dir",
     ),
     Preset(
@@ -198,6 +206,7 @@ PRESETS: tuple[Preset, ...] = (
         "rounds took 100-160 s wall, 50 rounds ≈ 8-10 min",
         smoke=dict(num_clients=4, rounds=1, eval_every=1),
         headline=HEADLINE,
+        curves=CURVES,
         data="Fashion-MNIST IDX files (apt-get install dataset-fashion-mnist, or --data-dir)",
     ),
 )
@@ -337,6 +346,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             if exp.baseline == "none" and cfg.propagate:
                 rec.update(summarize(evaluate_personal(
                     model, state.clients.received, x, y, splits, ids, strategy), "received_"))
+                if has_val:
+                    rec.update(summarize(evaluate_personal(
+                        model, state.clients.received, x, y, splits, ids, strategy,
+                        split="val"), "val_received_"))
         if clock["end"] is not None and t > clock["round"]:
             rec["round_train_seconds"] = (start - clock["end"]) / (t - clock["round"])
         clock.update(round=t, end=time.perf_counter())

@@ -222,6 +222,7 @@ CLI = ExperimentCli(
     defaults=dict(out=os.path.join("runs", "per_fedavg")),
     aliases={"personalization_steps": ("--pers-steps",)},
     derived={"clients_per_round": "clients/round"},
+    ambiguous={"alpha": "Per-FedAvg's α (inner and personalization step size) is --inner-lr"},
     prog="per_fedavg.py",
 )
 

@@ -387,6 +387,7 @@ def run_target(
                 train_seconds=summary.get("train_seconds"),
                 rounds=summary.get("rounds"),
                 references=summary.get("references"),
+                curves=curves_of(histories[seed], t.preset.curves),
             )
         )
     head = headline_of(t, summaries[seeds[0]])
@@ -447,6 +448,46 @@ def run_target(
     plot(doc, histories, results_dir / f"{stem}.png", baseline_histories)
     (results_dir / f"{stem}.json").write_text(json.dumps(doc, indent=2) + "\n")
     return doc
+
+
+def curves_of(hist: Sequence[Mapping[str, Any]], names: Sequence[str]) -> dict[str, list]:
+    """``{metric: [[round, value], ...]}`` of each per-round metric in ``names`` the run
+    recorded (a preset's ``curves``)."""
+    out = {}
+    for name in names:
+        pts = [[r["round"], r[name]] for r in hist if isinstance(r.get(name), int | float)]
+        if pts:
+            out[name] = pts
+    return out
+
+
+def curves_table(doc: Mapping[str, Any], rows: int = 11) -> list[str]:
+    """The preset's per-round curves as a Markdown table: at most ``rows`` evaluated rounds
+    (evenly spaced, first and last included), each metric's mean over the seeds (accuracies
+    and shares in %)."""
+    per_seed = [row.get("curves") or {} for row in doc["per_seed"]]
+    names = [n for n in dict.fromkeys(k for c in per_seed for k in c)]
+    if not names:
+        return []
+    maps = [{n: dict((r, v) for r, v in c.get(n, [])) for n in names} for c in per_seed]
+    common = sorted(set.intersection(*(set(m[n]) for m in maps for n in names)))
+    if not common:
+        return []
+    step = max(1, -(-(len(common) - 1) // max(rows - 1, 1)))
+    picked = sorted({*common[::step], common[-1]})
+
+    def shown(name: str, vals: list[float]) -> str:
+        m = sum(vals) / len(vals)
+        return f"{m:.3f}" if "lambda" in name or "delta" in name else f"{100 * m:.2f}"
+
+    lines = [f"Per round, `{doc['script']}:{doc['preset']}` at scale {doc['scale']} (mean over "
+             f"seeds {','.join(map(str, doc['seeds']))}; λ as is, the rest in %):", "",
+             "| round | " + " | ".join(f"`{n}`" for n in names) + " |",
+             "|---" * (len(names) + 1) + "|"]
+    for r in picked:
+        lines.append(f"| {r} | " + " | ".join(shown(n, [m[n][r] for m in maps]) for n in names)
+                     + " |")
+    return [*lines, ""]
 
 
 def run_or_reuse(argv: list[str], out: Path, reuse: bool) -> tuple[float, list[str]]:
@@ -799,6 +840,8 @@ def render_report(results_dir: Path, out: Path) -> str:
             lines.append(f"{i}. {n}")
         if notes:
             lines.append("")
+        for d in (d for d in docs if d["script"] == script):
+            lines += curves_table(d)
         lines.append("Commands:")
         lines.append("")
         for d in (d for d in docs if d["script"] == script):

@@ -72,6 +72,7 @@ __all__ = [
     "one_line",
     "prepare_dir",
     "results_fields",
+    "section_prefix",
     "strategy_from_args",
 ]
 
@@ -98,6 +99,8 @@ class CliParser(argparse.ArgumentParser):
         super().__init__(*args, **kwargs)
 
     def error(self, message: str) -> typing.NoReturn:
+        # "argument --clients/--clients-per-round.clients: ..." names the flag once
+        message = re.sub(r"argument (-[\w.-]+)(?:/-[\w.-]+)+:", r"argument \1:", message)
         print(f"error: {' '.join(message.split())} (see --help)", file=sys.stderr)
         sys.exit(2)
 
@@ -351,13 +354,15 @@ def add_config_args(
     exclude: Iterable[str] = (),
     defaults: Mapping[str, Any] | None = None,
     suppress: bool = False,
+    specs: Sequence[FieldSpec] | None = None,
 ) -> list[FieldSpec]:
     """Add one flag per field of dataclass ``cls`` to ``parser`` (in argument group ``group``:
     a title or an existing group). ``defaults`` override the shown (and, unless ``suppress``,
     parsed) defaults; with ``suppress`` only flags given on the command line appear in the
-    namespace. Returns the specs (dest = field name)."""
+    namespace. ``specs``: the fields' specs when already made (their flags and aliases as
+    they are). Returns the specs (dest = field name)."""
     target = parser.add_argument_group(group) if isinstance(group, str) else group or parser
-    specs = field_specs(cls, aliases=aliases, exclude=exclude)
+    specs = list(field_specs(cls, aliases=aliases, exclude=exclude) if specs is None else specs)
     for s in specs:
         default = (defaults or {}).get(s.name, s.default)
         kw: dict[str, Any] = dict(
@@ -399,9 +404,11 @@ def _flagify(message: str, specs: Sequence[FieldSpec], spelled: Mapping[str, str
     m = re.match(r"(\w+)(?![\w-])", message)
     if m and m.group(1) in flags:
         message = flags[m.group(1)] + message[m.end() :]
-    for s in specs:
-        if s.name in spelled:
-            message = re.sub(rf"(?<![\w-]){re.escape(s.flag)}(?![\w-])", spelled[s.name], message)
+    for s in specs:  # a field's bare flag in a message: the spelling the user typed, else
+        bare = "--" + s.name.replace("_", "-")  # its own flag (namespaced where ambiguous)
+        shown = spelled.get(s.name, s.flag)
+        if shown != bare:
+            message = re.sub(rf"(?<![\w.-]){re.escape(bare)}(?![\w-])", shown, message)
     return message
 
 
@@ -838,7 +845,8 @@ class Preset:
     seconds-long run (``--smoke``; for tests, the numbers mean nothing). What the reproduction
     report needs is part of the preset: ``cpu`` (its CPU scale), ``headline`` (the number
     reported as ours when it has no reference; else the last column of its first reference)
-    and ``baselines`` (run on the same data where no published number exists)."""
+    and ``baselines`` (run on the same data where no published number exists); ``curves``:
+    per-round metrics of metrics.jsonl the report keeps and tabulates (mean over seeds)."""
 
     name: str
     about: str
@@ -851,6 +859,7 @@ class Preset:
     cpu: CpuScale | None = None
     headline: Headline | None = None
     baselines: tuple[Baseline, ...] = ()
+    curves: tuple[str, ...] = ()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -925,26 +934,37 @@ class Parsed:
 
 
 class _Removed(argparse.Action):
-    def __init__(self, *args: Any, hint: str = "", **kwargs: Any):
-        self.hint = hint
+    def __init__(self, *args: Any, hint: str = "", what: str = "was removed", **kwargs: Any):
+        self.hint, self.what = hint, what
         super().__init__(*args, **kwargs)
 
     def __call__(self, parser, namespace, values, option_string=None):
-        parser.error(f"{option_string} was removed: {self.hint}")
+        parser.error(f"{option_string} {self.what}: {self.hint}")
 
 
 _CONTROL = ("preset", "smoke", "list_presets")
 
 
+def section_prefix(title: str) -> str:
+    """The namespace of a section's flags: its title, lower case, words joined by ``-``
+    (``data`` → ``--data.alpha``, ``Per-FedAvg`` → ``--per-fedavg.inner-lr``)."""
+    return "-".join(re.findall(r"[a-z0-9]+", title.lower()))
+
+
 class ExperimentCli:
     """The command line of one experiment script, generated from its config classes.
 
-    ``sections``: ``(title, dataclass)`` or ``(title, dataclass, excluded fields)``; their
-    field names form one flat namespace. ``presets``: :class:`Preset` entries (the first is
-    the default). ``defaults``: the script's own defaults (below the presets). ``aliases``:
-    extra spellings per field. ``removed``: old flags and what to use instead. ``derived``:
-    names the script computes after loading data, usable in reference settings, with their
-    labels. ``exclusive``: extra groups of fields that are spellings of one setting.
+    ``sections``: ``(title, dataclass)`` or ``(title, dataclass, excluded fields)``. Every
+    field has a namespaced flag ``--<section>.<field>`` (:func:`section_prefix`), and the
+    bare ``--<field>`` too: field names are unique across the sections (defining one twice is
+    an error), so no flag can reach two fields. ``ambiguous``: bare names that would read as
+    another section's setting (a paper's symbol of the algorithm, e.g. Per-FedAvg's α beside
+    the Dirichlet ``--alpha``) → why; those are refused in one line, only the namespaced flag
+    sets the field. ``presets``: :class:`Preset` entries (the first is the default).
+    ``defaults``: the script's own defaults (below the presets). ``aliases``: extra spellings
+    per field. ``removed``: old flags and what to use instead. ``derived``: names the script
+    computes after loading data, usable in reference settings, with their labels.
+    ``exclusive``: extra groups of fields that are spellings of one setting.
     """
 
     def __init__(
@@ -959,6 +979,7 @@ class ExperimentCli:
         derived: Mapping[str, str] | None = None,
         exclusive: Sequence[Sequence[str]] = (),
         prog: str | None = None,
+        ambiguous: Mapping[str, str] | None = None,
     ):
         self.description, self.prog = description, prog
         self.sections = [(s[0], s[1], tuple(s[2]) if len(s) > 2 else ()) for s in sections]
@@ -967,18 +988,26 @@ class ExperimentCli:
         self.defaults = dict(defaults or {})
         self.removed = dict(removed or {})
         self.derived = dict(derived or {})
+        self.ambiguous = dict(ambiguous or {})
         self.specs: dict[str, FieldSpec] = {}
         self.by_class: dict[type, list[FieldSpec]] = {}
-        for _, cls, exclude in self.sections:
-            specs = field_specs(cls, aliases=aliases, exclude=exclude)
-            self.by_class[cls] = specs
-            for s in specs:
+        for title, cls, exclude in self.sections:
+            prefix = section_prefix(title)
+            specs = []
+            for s in field_specs(cls, aliases=aliases, exclude=exclude):
                 if s.name in self.specs or s.name in _CONTROL:
                     raise TypeError(f"field {s.name!r} of {cls.__name__} is defined twice")
+                spaced = f"--{prefix}.{s.flag[2:]}"
+                if s.name in self.ambiguous:  # only the namespaced flag sets it
+                    s = dataclasses.replace(s, flag=spaced)
+                else:
+                    s = dataclasses.replace(s, aliases=(*s.aliases, spaced))
+                specs.append(s)
                 self.specs[s.name] = s
-        for name in aliases or {}:
+            self.by_class[cls] = specs
+        for name in [*(aliases or {}), *self.ambiguous]:
             if name not in self.specs:
-                raise TypeError(f"alias for unknown field {name!r}")
+                raise TypeError(f"alias or ambiguous name for unknown field {name!r}")
         self.groups: dict[str, list[str]] = {}
         for s in self.specs.values():
             if s.exclusive:
@@ -1075,18 +1104,17 @@ class ExperimentCli:
             epilog=f"presets: {names} (--list-presets shows them)" if self.presets else None,
         )
         self._add_control(p)
-        for title, cls, exclude in self.sections:
-            add_config_args(
-                p,
-                cls,
-                group=title,
-                aliases={s.name: s.aliases for s in self.by_class[cls]},
-                exclude=exclude,
-                defaults=base,
-                suppress=True,
-            )
+        for title, cls, _ in self.sections:
+            add_config_args(p, cls, group=title, defaults=base, suppress=True,
+                            specs=self.by_class[cls])
         for flag, hint in self.removed.items():
             p.add_argument(flag, action=_Removed, hint=hint, nargs="?", help=argparse.SUPPRESS)
+        for name, why in self.ambiguous.items():
+            bare = "--" + name.replace("_", "-")
+            spec = self.specs[name]
+            hint = f"{why}; {spec.flag} sets the {_short(spec.help)}"
+            p.add_argument(bare, action=_Removed, hint=hint, nargs="?", help=argparse.SUPPRESS,
+                           what="is ambiguous here", dest=f"_refused_{name}")
         return p
 
     def parse(self, argv: Sequence[str] | None = None) -> Parsed:

@@ -14,7 +14,7 @@ from pathlib import Path
 import jax
 import numpy as np
 import pytest
-from scripts import load_script
+from scripts import experiment_presets, load_script
 
 from jaxpfl import cli
 from jaxpfl.algorithms.fedavg import FedAvgConfig
@@ -46,6 +46,54 @@ def one_error_line(capsys, fn, *args) -> str:
 
 
 # ------------------------------------------------------------- one definition per setting
+
+
+ALL_SCRIPTS = sorted({s for s, _ in experiment_presets()} | {"partition"})
+
+
+@pytest.mark.parametrize("script", ALL_SCRIPTS)
+def test_no_flag_name_reaches_two_fields(script):
+    """Over every script's command line: each option string sets one destination; every field
+    has its namespaced flag ``--<section>.<field>`` and its bare flag (unless the script
+    declares the bare name ambiguous, then that is refused), and both reach that field only."""
+    c = load_script(script).CLI
+    owner: dict[str, str] = {}
+    for action in c.build_parser()._actions:
+        for opt in action.option_strings:
+            assert opt not in owner, (script, opt)
+            owner[opt] = action.dest
+    fields = [(title, s) for title, cls, _ in c.sections for s in c.by_class[cls]]
+    assert len({s.name for _, s in fields}) == len(fields)
+    for title, spec in fields:
+        name = spec.name.replace("_", "-")
+        assert owner[f"--{cli.section_prefix(title)}.{name}"] == spec.name, (script, spec.name)
+        if spec.name in c.ambiguous:
+            assert owner[f"--{name}"] != spec.name  # the refusal, not the field
+        else:
+            assert owner[f"--{name}"] == spec.name, (script, spec.name)
+
+
+def test_per_fedavg_alpha_is_refused_and_each_alpha_has_its_own_flag(capsys, tmp_path):
+    """docs/algorithms.md names Per-FedAvg's α; a bare --alpha would silently re-partition the
+    data (the Dirichlet concentration) and leave α alone, so per_fedavg.py refuses it in one
+    line naming both flags; --data.alpha and --inner-lr (--per-fedavg.inner-lr) each set their
+    own field only."""
+    from jaxpfl.algorithms.per_fedavg import PerFedAvgConfig
+
+    m = load_script("per_fedavg")
+    for argv in (["--preset", "pfllib", "--alpha", "0.005"], ["--alpha=0.005"]):
+        line = one_error_line(capsys, m.main, argv)
+        assert "--alpha is ambiguous" in line and "--inner-lr" in line and "--data.alpha" in line
+    base = m.CLI.parse(["--preset", "pfllib", "--out", str(tmp_path / "a")])
+    data = m.CLI.parse(["--preset", "pfllib", "--data.alpha", "0.005", "--out", str(tmp_path)])
+    assert data[DataConfig].alpha == 0.005
+    assert data[PerFedAvgConfig] == base[PerFedAvgConfig]
+    for flag in ("--inner-lr", "--per-fedavg.inner-lr"):
+        lr = m.CLI.parse(["--preset", "pfllib", flag, "0.005", "--out", str(tmp_path)])
+        assert lr[PerFedAvgConfig].inner_lr == 0.005
+        assert lr[DataConfig] == base[DataConfig]
+    line = one_error_line(capsys, m.main, ["--data.alpha", "0"])
+    assert line == "error: --data.alpha must be > 0, got 0.0"
 
 
 @pytest.mark.parametrize("name", sorted(SCRIPTS))

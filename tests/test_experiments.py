@@ -23,7 +23,7 @@ PRESETS = [
 @pytest.mark.parametrize("script,preset", PRESETS)
 def test_every_preset_runs_at_smoke_scale(tmp_path, capsys, script, preset):
     mod, out, stdout, records = smoke_run(script, preset, tmp_path, capsys)
-    assert_matches_recorded(script, preset, records)
+    assert assert_matches_recorded(script, preset, records)
     assert records[0]["round"] == 0
     summary = json.loads((out / "summary.json").read_text())
     assert summary["rounds"] == records[-1]["round"] > 0
