@@ -1,12 +1,8 @@
-"""FedALA (Zhang et al., AAAI 2023): adaptive local aggregation, with the jaxpfl engine.
+"""FedALA (Zhang et al., AAAI 2023): adaptive local aggregation; presets and one call.
 
     python experiments/fedala.py --rounds 25            # PFLlib's FMNIST Dir(0.1) setting (§5.6)
     python experiments/fedala.py --preset paper         # the README's threshold 0.01
     python experiments/fedala.py --list-presets         # settings, commands, published numbers
-
-Every flag is a field of ``FedALAConfig``, ``DataConfig``, ``Sampling``, ``RunConfig``,
-``StrategyArgs`` or :class:`Experiment` (``jaxpfl.cli``). ``--clients N`` is the number of
-clients per round, ``--participation C`` the same as a fraction; the total is ``--num-clients``.
 
 Evaluates, after every round t (record ``round`` = t+1, PFLlib's round index), each client's
 ALA output θ̂_k (its model before training in round t+1) on its test split (``pers_*``; pooled =
@@ -15,72 +11,19 @@ Round 0 is w_0 everywhere. That is PFLlib's only evaluation per round (its serve
 after sending the models, i.e. after ALA, and before training; its printed "best accuracy" is
 the best of those). With ``--eval-trained`` (on in the presets) it also reports the trained
 local models of round t (``trained_acc_pooled``), an extra measurement PFLlib does not make.
-Each record lists the start-phase /
-weight-learning passes of every client's last ALA call (``ala_passes``) and, with the
-``sequential`` strategy (the CPU default), the round's seconds split by the engine into the ALA
-stage and the rest (``round_stage_seconds``, ``round_clients_seconds``; ``round_seconds`` is the
-whole round, ``eval_seconds`` the evaluation).
-Outputs in ``--out`` (default runs/fedala): metrics.jsonl, summary.json, accuracy.png,
-checkpoints, partition.npz.
+Each record lists the start-phase / weight-learning passes of every client's last ALA call
+(``ala_passes``) and, with the ``sequential`` strategy (the CPU default), the round's seconds
+split by the engine into the ALA stage and the rest (``round_stage_seconds``,
+``round_clients_seconds``).
 """
 
 from __future__ import annotations
 
-import dataclasses
-import os
-import sys
-from typing import Any
-
-import jax.numpy as jnp
 import numpy as np
 
 from jaxpfl.algorithms.fedala import FedALAConfig, fedala
-from jaxpfl.cli import (
-    CpuScale,
-    DataConfig,
-    ExperimentCli,
-    Parsed,
-    Preset,
-    Reference,
-    Sampling,
-    StrategyArgs,
-    load_dataset,
-    main_guard,
-    prepare_dir,
-    strategy_from_args,
-)
-from jaxpfl.core import (
-    ClientEvaluator,
-    Counts,
-    evaluate_clients,
-    personal_counts,
-    place_pool,
-    summarize,
-)
-from jaxpfl.data.store import save_partition
-from jaxpfl.errors import ConfigError
-from jaxpfl.models import MODELS, get_model
-from jaxpfl.run import Phase, RunConfig, plot_curves, run
-
-
-@dataclasses.dataclass(frozen=True)
-class Experiment:
-    """The rest of a FedALA run.
-
-    Attributes:
-      rounds: communication rounds R
-      model: model name (jaxpfl.models): cnn (FedAvgCNN, the FedALA/PFLlib model), ...
-    """
-
-    rounds: int = 2000
-    model: str = dataclasses.field(default="cnn", metadata={"choices": tuple(MODELS)})
-
-    def __post_init__(self):
-        if isinstance(self.rounds, bool) or not isinstance(self.rounds, int) or self.rounds < 0:
-            raise ConfigError(f"--rounds must be an integer >= 0, got {self.rounds!r}")
-        if self.model not in MODELS:
-            raise ConfigError(f"unknown --model {self.model!r}; choose one of: {', '.join(MODELS)}")
-
+from jaxpfl.cli import CpuScale, Preset, Reference
+from jaxpfl.script import ExperimentScript
 
 PFLLIB = dict(
     dataset="fashion_mnist",
@@ -171,107 +114,32 @@ PRESETS: tuple[Preset, ...] = (
     ),
 )
 
-CLI = ExperimentCli(
+
+
+def ala_record(parsed):
+    """Every evaluated client's start-phase passes of its last ALA call, and the cap hits."""
+    del parsed  # unused
+
+    def record(state, ids):
+        return {"ala_passes": np.asarray(state.clients.passes)[ids].tolist(),
+                "ala_cap_hit": int(np.asarray(state.clients.cap_hit)[ids].sum())}
+
+    return record
+
+
+CLI = ExperimentScript(
+    "FedALA",
     "FedALA: each client merges the global model into its local model with learned "
     "element-wise weights (ALA), then trains locally.",
-    [
-        ("clients per round", Sampling),
-        ("FedALA", FedALAConfig),
-        ("experiment", Experiment),
-        ("data", DataConfig),
-        ("run", RunConfig, ("strategy", "config_for_hash")),
-        ("device mapping", StrategyArgs),
-    ],
+    [("FedALA", FedALAConfig)],
+    lambda parsed, model, ds: fedala(model, parsed[FedALAConfig]),
     PRESETS,
-    defaults=dict(out=os.path.join("runs", "fedala"), eval_every=1),
-    aliases={"client_lr": ("--lr",)},
-    derived={"clients_per_round": "clients/round"},
     prog="fedala.py",
+    defaults=dict(eval_every=1, rounds=2000),
+    aliases={"client_lr": ("--lr",)},
+    record=ala_record,
 )
-
-
-def parse(argv: list[str] | None = None) -> Parsed:
-    """The parsed command line (``jaxpfl.cli.Parsed``)."""
-    return CLI.parse(argv)
-
-
-def trained_pooled(rec: dict[str, Any]) -> float | None:
-    """Pooled test accuracy of the round's trained models (mean correct / mean count over the
-    selected clients = Σc / Σm), from the driver's client metrics."""
-    c, m = rec.get("client_trained_correct"), rec.get("client_trained_count")
-    return c / m if c is not None and m else None
-
-
-@main_guard
-def main(argv: list[str] | None = None) -> dict[str, Any]:
-    parsed = parse(argv)
-    cfg: FedALAConfig = parsed[FedALAConfig]
-    exp: Experiment = parsed[Experiment]
-    rc: RunConfig = parsed[RunConfig]
-    if rc.out:
-        prepare_dir(rc.out)
-    ds = load_dataset(parsed[DataConfig])
-    if len(ds.train_clients) == 0:
-        raise ConfigError("every client is held out; lower --holdout-frac or --n-eval")
-    m = parsed[Sampling].per_round(len(ds.train_clients))
-    clients = np.asarray(ds.train_clients)
-    test = [ds.test[k] for k in clients]
-    if sum(len(t) for t in test) == 0:
-        raise ConfigError("the clients have no test examples; use --train-frac < 1")
-    model = get_model(exp.model, ds.input_shape, ds.num_classes)
-    strategy = strategy_from_args(parsed[StrategyArgs])
-    alg = fedala(model, cfg)
-    pool = place_pool(ds, strategy)
-    pers_eval = ClientEvaluator(personal_counts(model), pool.x, pool.y, pool.splits, strategy,
-                                stacked=True)
-
-    def evaluate(state, t, final):
-        pers = Counts(*pers_eval(alg.personal_params(state), clients))
-        rec = summarize(pers, "pers_")
-        rec.update(summarize(evaluate_clients(model, alg.global_params(state.server), pool,
-                                              clients, strategy), "init_"))
-        rec["ala_passes"] = np.asarray(state.clients.passes)[clients].tolist()
-        rec["ala_cap_hit"] = int(np.asarray(state.clients.cap_hit)[clients].sum())
-        return rec
-
-    text = parsed.config_text(
-        partition_hash=ds.meta.get("hash"), labels_sha256=ds.meta.get("labels_sha256")
-    )
-    rc = dataclasses.replace(rc, strategy=strategy, config_for_hash=text)
-
-    def init_params(key):
-        return model.init(key, jnp.zeros((1,) + ds.input_shape, jnp.uint8))
-
-    result = run([Phase("fedala", alg, exp.rounds, m)], ds, init_params, evaluate, rc,
-                 pool=pool)
-    hist, s = result["history"], result["summary"]
-    for rec in hist:
-        if (v := trained_pooled(rec)) is not None:
-            rec["trained_acc_pooled"] = v
-    keys = [k for k in ("pers_acc_pooled", "pers_acc_mean", "init_acc_pooled") if k in s]
-    if rc.out:
-        plot_curves(hist, keys, os.path.join(rc.out, "accuracy.png"), title=f"FedALA on {ds.name}")
-        save_partition(os.path.join(rc.out, "partition.npz"), ds)
-    print(
-        f"\nFedALA on {ds.name}: {ds.num_clients} clients, {m} per round, {exp.rounds} rounds, "
-        f"threshold {cfg.threshold:g}, train {s['train_seconds']:.1f} s"
-    )
-    print("| metric | final | best | best round | last-10 mean |\n|---|---|---|---|---|")
-    for key in keys + (["trained_acc_pooled"] if any("trained_acc_pooled" in r for r in hist)
-                       else []):
-        pts = [(r["round"], r[key]) for r in hist if key in r]
-        best_round, best = max(pts, key=lambda p: p[1])
-        last10 = np.mean([v for _, v in pts[-10:]])
-        print(f"| {key} | {100 * pts[-1][1]:.2f} | {100 * best:.2f} | {best_round} "
-              f"| {100 * last10:.2f} |")
-    firsts = [r["ala_passes"] for r in hist if r["round"] == 1]
-    if firsts:
-        print(f"start-phase passes per client (round 1): {firsts[0]}")
-    parsed.report_references({**parsed.values, "clients_per_round": m}, [s], rc.out)
-    if rc.out:
-        print(f"metrics in {rc.out}/", file=sys.stderr)
-    return result
-
+parse, main = CLI.parse, CLI.main
 
 if __name__ == "__main__":
     main()

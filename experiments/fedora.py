@@ -1,5 +1,6 @@
 """FEDORA (Wu, Bao, Ainsworth, He, KDD 2023): parameter propagation with selective
-regularization, against the local-only baseline and FedAvg on the same data.
+regularization, against the local-only baseline and FedAvg on the same data; presets and one
+call.
 
     python experiments/fedora.py                          # rotated embedded MNIST (scaled sizes)
     python experiments/fedora.py --preset rotated_fmnist  # the reference setting on Fashion-MNIST
@@ -8,41 +9,29 @@ regularization, against the local-only baseline and FedAvg on the same data.
     python experiments/fedora.py --preset fmnist_dir      # FMNIST pfllib_dir Dir(0.1), 20 clients
     python experiments/fedora.py --list-presets           # settings, commands, cost
 
-Every flag is a field of ``FedoraConfig``, ``DataConfig``, ``RunConfig``, ``StrategyArgs`` or
-:class:`Experiment` (``jaxpfl.cli``). FEDORA trains every client every round
-(``--participation`` must stay 1).
+FEDORA trains every client every round (its mixing step reads every client's θ: the driver
+refuses ``--participation`` below 1).
 
 Data: with ``--rotated`` (default) the FEDORA rotated dataset of ``--dataset`` (docs/algorithms.md
 §7.7: ``--num-clients`` clients, client i rotated by 360 i / K degrees, the reference's
 128 / 64 / floor(N_test / K) train / val / test examples per client, each capped at the source's
 share per client when the source is smaller, e.g. 128 / 37 / 55 for the embedded MNIST; drawn
 with ``--partition-seed``, default 42 as the reference). With ``--no-rotated``, ``--dataset``
-partitioned by ``--partition`` and ``--val-frac`` of every client's train split moved to its
-validation split (``jaxpfl.data.federate.split_val`` with the partition seed, the same split as
-``federate(..., val_frac=...)``).
+partitioned by ``--partition`` with ``--val-frac`` of every client's train split as its
+validation split.
 
-Evaluation (round 0, every ``--eval-every`` rounds and at the end), over every training client:
-FEDORA / local: θ_k on its test split (``pers_*``: acc_mean over clients primary, with min / max
-/ std) and on its validation split (``val_pers_*``), FEDORA also ŵ_k on the test split
-(``received_*``); FedAvg: the global model on each client's test / validation split (``acc_*``,
-``val_acc_*``). ``val_selected``: the test metrics at the evaluation with the best mean
-validation accuracy. No published numbers exist (docs/algorithms.md §6.5): the local-only baseline
-on the same data is the comparison. Outputs in ``--out`` (default runs/fedora): metrics.jsonl,
-summary.json (with ``val_selected``), accuracy.png, checkpoints, partition.npz (partitioned
-data only).
+Evaluation (``jaxpfl.experiment``, from the algorithm): every training client's θ_k
+(``pers_*``) and ŵ_k (``received_*``) on its test and validation splits (``val_*``); the FedAvg
+baseline's global model (``acc_*``, ``val_acc_*``). ``val_selected`` in summary.json: the test
+metrics at the evaluation with the best mean validation accuracy. No published numbers exist
+(docs/algorithms.md §6.5): the local-only baseline on the same data is the comparison.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
-import os
 import sys
 import time
-from typing import Any
-
-import jax.numpy as jnp
-import numpy as np
 
 from jaxpfl.algorithms.fedavg import FedAvgConfig, fedavg
 from jaxpfl.algorithms.fedora import FedoraConfig, client_summaries, fedora
@@ -50,40 +39,30 @@ from jaxpfl.cli import (
     Baseline,
     CpuScale,
     DataConfig,
-    ExperimentCli,
     Headline,
     Parsed,
     Preset,
-    StrategyArgs,
     load_dataset,
-    main_guard,
-    prepare_dir,
-    strategy_from_args,
 )
-from jaxpfl.core import evaluate_clients, evaluate_personal, place_pool, summarize
-from jaxpfl.data.dataset import ClientIndex, FederatedDataset
-from jaxpfl.data.store import partition_hash, save_partition
+from jaxpfl.data.dataset import FederatedDataset
 from jaxpfl.errors import ConfigError
-from jaxpfl.models import MODELS, get_model
-from jaxpfl.run import Phase, RunConfig, plot_curves, run
+from jaxpfl.script import ExperimentScript
 
 BASELINES = ("none", "local", "fedavg")
 #: DataConfig fields that only mean something for a partitioned (not rotated) dataset.
 PARTITION_ONLY = (
     "partition_file", "partition", "alpha", "shards_per_client", "num_shards", "shard_size",
-    "class_per_client", "balance", "train_frac", "holdout_frac", "n_eval", "holdout_seed",
-    "pool", "min_size", "min_samples", "max_tries", "partition_batch_size", "allow_empty",
+    "class_per_client", "balance", "train_frac", "val_frac", "holdout_frac", "n_eval",
+    "holdout_seed", "pool", "min_size", "min_samples", "max_tries", "partition_batch_size",
+    "allow_empty",
 )
 
 
 @dataclasses.dataclass(frozen=True)
-class Experiment:
-    """The rest of a FEDORA run.
+class FedoraRun:
+    """What a FEDORA run compares and which data it builds.
 
     Attributes:
-      rounds: communication rounds R
-      model: model name (jaxpfl.models): fedora_mlp (784-128-128-C on raw [0, 1] pixels, the
-        reference's), cnn, ...
       baseline: none (FEDORA), local (the reference repository's baseline: the same client
         optimizer, λ ≡ 0, no propagation), fedavg (FedAvg with the same client optimizer and
         epochs, weighted, server lr 1; its global model is evaluated)
@@ -92,32 +71,66 @@ class Experiment:
       n_train: rotated: train examples per client (none: 128, capped for a small source)
       n_val: rotated: validation examples per client (none: 64, capped for a small source)
       n_test: rotated: test examples per client (none: floor(N_test / K))
-      val_frac: partitioned (--no-rotated): share in [0, 1) of each client's train split moved
-        to its validation split (FEDORA's λ needs one)
     """
 
-    rounds: int = 500
-    model: str = dataclasses.field(default="fedora_mlp", metadata={"choices": tuple(MODELS)})
     baseline: str = dataclasses.field(default="none", metadata={"choices": BASELINES})
     rotated: bool = True
     n_train: int | None = None
     n_val: int | None = None
     n_test: int | None = None
-    val_frac: float = 0.0
 
     def __post_init__(self):
-        if isinstance(self.rounds, bool) or not isinstance(self.rounds, int) or self.rounds < 0:
-            raise ConfigError(f"--rounds must be an integer >= 0, got {self.rounds!r}")
-        if self.model not in MODELS:
-            raise ConfigError(f"unknown --model {self.model!r}; choose one of: {', '.join(MODELS)}")
         if self.baseline not in BASELINES:
             raise ConfigError(f"--baseline must be one of {', '.join(BASELINES)}")
         for name in ("n_train", "n_val", "n_test"):
             v = getattr(self, name)
             if v is not None and v < 1:
                 raise ConfigError(f"--{name.replace('_', '-')} must be >= 1, got {v}")
-        if not 0.0 <= self.val_frac < 1.0:
-            raise ConfigError(f"--val-frac must be in [0, 1), got {self.val_frac}")
+
+
+def load_data(parsed: Parsed) -> FederatedDataset:
+    """The rotated dataset of ``--dataset``, or its partition with a validation split."""
+    data, fr = parsed[DataConfig], parsed[FedoraRun]
+    mine = ("n_train", "n_val", "n_test")
+    clash = [parsed.flag(n) for n in (PARTITION_ONLY if fr.rotated else mine)
+             if n in parsed.given]
+    if clash:
+        raise ConfigError(f"{', '.join(clash)}: for the rotated dataset only (--rotated)"
+                          if not fr.rotated else f"{', '.join(clash)}: for a partitioned "
+                          "dataset only (--no-rotated); the rotated dataset fixes its own split")
+    if not fr.rotated:
+        return load_dataset(data)
+    from jaxpfl.data.rotated import REFERENCE_SIZES, fedora_rotated, scaled_sizes
+    from jaxpfl.data.sources import load_raw
+
+    raw = load_raw(data.dataset, data.data_dir)
+    k = data.num_clients or 36
+    cap = scaled_sizes(raw, k)
+    sizes = [fr.n_train or min(REFERENCE_SIZES[0], cap[0]),
+             fr.n_val or min(REFERENCE_SIZES[1], cap[1]), fr.n_test or cap[2]]
+    seed = 42 if data.partition_seed is None else data.partition_seed
+    return fedora_rotated(raw, k, *sizes, seed=seed)
+
+
+def build(parsed: Parsed, model, ds: FederatedDataset):
+    """FEDORA, or the baseline ``--baseline`` names, on the same data."""
+    cfg, baseline = parsed[FedoraConfig], parsed[FedoraRun].baseline
+    if baseline == "fedavg":
+        return fedavg(model, FedAvgConfig(
+            local_epochs=cfg.local_epochs, batch_size=cfg.batch_size, client_lr=cfg.client_lr,
+            client_momentum=cfg.client_momentum, weight_decay=cfg.weight_decay, weighted=True))
+    if baseline == "local":
+        return fedora(model, dataclasses.replace(cfg, lambda_rule="zero", propagate=False))
+    if cfg.lambda_rule != "zero" and not (ds.val.sizes[ds.train_clients] > 0).all():
+        raise ConfigError("FEDORA's λ needs a validation split on every training client; use "
+                          "--val-frac > 0 (with --no-rotated) or --n-val >= 1")
+    if not cfg.propagate:
+        return fedora(model, cfg)
+    tic = time.perf_counter()
+    alg = fedora(model, cfg, client_summaries(ds, ds.train_clients), clients=ds.train_clients)
+    print(f"similarity graph of {len(ds.train_clients)} clients: "
+          f"{time.perf_counter() - tic:.1f} s", file=sys.stderr)
+    return alg
 
 
 # strategy vmap: one compiled round of the 36 equal-sized clients, faster than the CPU default
@@ -211,199 +224,20 @@ PRESETS: tuple[Preset, ...] = (
     ),
 )
 
-CLI = ExperimentCli(
+CLI = ExperimentScript(
+    "FEDORA",
     "FEDORA: personalized models mixed by a personalized-PageRank matrix of data similarity, "
     "pulled toward the mixture only when it validates better.",
-    [
-        ("FEDORA", FedoraConfig),
-        ("experiment", Experiment),
-        ("data", DataConfig),
-        ("run", RunConfig, ("strategy", "config_for_hash")),
-        ("device mapping", StrategyArgs),
-    ],
+    [("FEDORA", FedoraConfig), ("FEDORA run", FedoraRun)],
+    build,
     PRESETS,
-    defaults=dict(out=os.path.join("runs", "fedora")),
-    aliases={"client_lr": ("--lr",)},
     prog="fedora.py",
+    defaults=dict(rounds=500, model="fedora_mlp", participation=1.0),
+    aliases={"client_lr": ("--lr",)},
+    data=load_data,
+    save_split=lambda parsed: not parsed[FedoraRun].rotated,
 )
-
-
-def parse(argv: list[str] | None = None) -> Parsed:
-    """The parsed command line (``jaxpfl.cli.Parsed``)."""
-    return CLI.parse(argv)
-
-
-def _check_flags(parsed: Parsed, exp: Experiment) -> None:
-    given = parsed.given
-    if exp.rotated:
-        clash = [parsed.flag(n) for n in (*PARTITION_ONLY, "val_frac") if n in given]
-        if clash:
-            raise ConfigError(f"{', '.join(clash)}: for a partitioned dataset only "
-                              "(--no-rotated); the rotated dataset fixes its own split")
-    else:
-        clash = [parsed.flag(n) for n in ("n_train", "n_val", "n_test") if n in given]
-        if clash:
-            raise ConfigError(f"{', '.join(clash)}: for the rotated dataset only (--rotated)")
-
-
-def load_data(data: DataConfig, exp: Experiment) -> FederatedDataset:
-    """The rotated dataset of ``data.dataset``, or its partition with a validation split."""
-    if exp.rotated:
-        from jaxpfl.data.rotated import REFERENCE_SIZES, fedora_rotated, scaled_sizes
-        from jaxpfl.data.sources import load_raw
-
-        raw = load_raw(data.dataset, data.data_dir)
-        k = data.num_clients or 36
-        cap = scaled_sizes(raw, k)
-        sizes = [exp.n_train or min(REFERENCE_SIZES[0], cap[0]),
-                 exp.n_val or min(REFERENCE_SIZES[1], cap[1]), exp.n_test or cap[2]]
-        seed = 42 if data.partition_seed is None else data.partition_seed
-        return fedora_rotated(raw, k, *sizes, seed=seed)
-    ds = load_dataset(data)
-    if exp.val_frac > 0:
-        if ds.val.sizes.sum():
-            raise ConfigError("the replayed partition already has a validation split; drop "
-                              "--val-frac")
-        from jaxpfl.data.federate import split_val
-
-        train, val = split_val(list(ds.train), exp.val_frac, int(ds.meta.get("seed", 0)))
-        tr, va = ClientIndex.from_lists(train), ClientIndex.from_lists(val)
-        meta = {**ds.meta, "val_frac": exp.val_frac, "hash": partition_hash(tr, ds.test, va)}
-        ds = dataclasses.replace(ds, train=tr, val=va, meta=meta)
-    return ds
-
-
-def val_selected(history: list[dict[str, Any]], prefix: str) -> dict[str, Any]:
-    """The test metrics at the (first) evaluation with the best mean validation accuracy."""
-    recs = [r for r in history if f"val_{prefix}acc_mean" in r]
-    if not recs:
-        return {}
-    best = max(recs, key=lambda r: r[f"val_{prefix}acc_mean"])
-    keys = ("acc_mean", "acc_min", "acc_max", "acc_std", "acc_pooled")
-    out = {k: best[f"{prefix}{k}"] for k in keys if f"{prefix}{k}" in best}
-    return {"round": best["round"], "val_acc_mean": best[f"val_{prefix}acc_mean"], **out}
-
-
-def _algorithm(cfg: FedoraConfig, exp: Experiment, model, ds: FederatedDataset):
-    if exp.baseline == "fedavg":
-        return fedavg(model, FedAvgConfig(
-            local_epochs=cfg.local_epochs, batch_size=cfg.batch_size, client_lr=cfg.client_lr,
-            client_momentum=cfg.client_momentum, weight_decay=cfg.weight_decay, weighted=True))
-    if exp.baseline == "local":
-        cfg = dataclasses.replace(cfg, lambda_rule="zero", propagate=False)
-        return fedora(model, cfg)
-    if not cfg.propagate:
-        return fedora(model, cfg)
-    tic = time.perf_counter()
-    u = client_summaries(ds, ds.train_clients)
-    alg = fedora(model, cfg, u, clients=ds.train_clients)
-    print(f"similarity graph of {len(ds.train_clients)} clients: "
-          f"{time.perf_counter() - tic:.1f} s", file=sys.stderr)
-    return alg
-
-
-@main_guard
-def main(argv: list[str] | None = None) -> dict[str, Any]:
-    parsed = parse(argv)
-    cfg: FedoraConfig = parsed[FedoraConfig]
-    exp: Experiment = parsed[Experiment]
-    rc: RunConfig = parsed[RunConfig]
-    _check_flags(parsed, exp)
-    if rc.out:
-        prepare_dir(rc.out)
-    ds = load_data(parsed[DataConfig], exp)
-    ids = np.asarray(ds.train_clients, np.int64)
-    if len(ids) == 0:
-        raise ConfigError("every client is held out; lower --holdout-frac or --n-eval")
-    has_val = bool(np.all(ds.val.sizes[ids] > 0))
-    if exp.baseline == "none" and cfg.lambda_rule != "zero" and not has_val:
-        raise ConfigError("FEDORA's λ needs a validation split on every training client; use "
-                          "--val-frac > 0 (with --no-rotated) or --n-val >= 1")
-    normalize = (0.0, 1.0) if exp.model == "fedora_mlp" else None  # raw [0, 1] (§8.5)
-    model = get_model(exp.model, ds.input_shape, ds.num_classes, normalize=normalize)
-    alg = _algorithm(cfg, exp, model, ds)
-    strategy = strategy_from_args(parsed[StrategyArgs])
-    pool = place_pool(ds, strategy)
-    x, y, splits = pool.x, pool.y, pool.splits
-    is_global = exp.baseline == "fedavg"
-    prefix = "" if is_global else "pers_"
-    clock: dict[str, Any] = {"round": 0, "end": None}
-
-    def evaluate(state, t, final):
-        start = time.perf_counter()
-        if is_global:
-            w = alg.global_params(state.server)
-            rec = summarize(evaluate_clients(model, w, pool, ids, strategy))
-            if has_val:
-                rec.update(summarize(evaluate_clients(model, w, pool, ids, strategy, "val"),
-                                     "val_"))
-        else:
-            theta = state.clients.theta
-            rec = summarize(evaluate_personal(model, theta, x, y, splits, ids, strategy), prefix)
-            if has_val:
-                rec.update(summarize(evaluate_personal(model, theta, x, y, splits, ids, strategy,
-                                                       split="val"), f"val_{prefix}"))
-            if exp.baseline == "none" and cfg.propagate:
-                rec.update(summarize(evaluate_personal(
-                    model, state.clients.received, x, y, splits, ids, strategy), "received_"))
-                if has_val:
-                    rec.update(summarize(evaluate_personal(
-                        model, state.clients.received, x, y, splits, ids, strategy,
-                        split="val"), "val_received_"))
-        if clock["end"] is not None and t > clock["round"]:
-            rec["round_train_seconds"] = (start - clock["end"]) / (t - clock["round"])
-        clock.update(round=t, end=time.perf_counter())
-        return rec
-
-    text = parsed.config_text(
-        partition_hash=ds.meta.get("hash"), labels_sha256=ds.meta.get("labels_sha256")
-    )
-    rc = dataclasses.replace(rc, strategy=strategy, config_for_hash=text)
-
-    def init_params(key):
-        return model.init(key, jnp.zeros((1,) + ds.input_shape, jnp.uint8))
-
-    name = {"none": "FEDORA", "local": "local-only", "fedavg": "FedAvg"}[exp.baseline]
-    phases = [Phase(alg.name, alg, exp.rounds, cfg.participation)]  # 1: every client, round
-    result = run(phases, ds, init_params, evaluate, rc, pool=pool)
-    hist, s = result["history"], result["summary"]
-    sel = val_selected(hist, prefix)
-    s["val_selected"] = sel
-    keys = [f"{prefix}acc_mean", f"val_{prefix}acc_mean", "received_acc_mean"]
-    if rc.out:
-        with open(os.path.join(rc.out, "summary.json"), "w") as f:
-            json.dump(s, f, indent=2)
-        plot_curves(hist, keys, os.path.join(rc.out, "accuracy.png"), title=f"{name} on {ds.name}")
-        if not exp.rotated:
-            save_partition(os.path.join(rc.out, "partition.npz"), ds)
-    per_round = [r["round_train_seconds"] for r in hist if "round_train_seconds" in r]
-    sizes = (f"{ds.train.sizes[ids].mean():.0f} / {ds.val.sizes[ids].mean():.0f} / "
-             f"{ds.test.sizes[ids].mean():.0f}")
-    print(f"\n{name} on {ds.name}: {len(ids)} clients (mean train / val / test {sizes}"
-          f"{', scaled' if ds.meta.get('scaled') else ''}), {exp.rounds} rounds, "
-          f"{np.mean(per_round) if per_round else 0:.2f} s/round of training")
-    nan = float("nan")
-    print(f"| round | test acc_mean | min | max | std | val acc_mean | s/round |"
-          f"{' received acc_mean | λ mean | pulled |' if 'received_acc_mean' in hist[-1] else ''}")
-    for r in hist:
-        line = (f"| {r['round']} | {100 * r[f'{prefix}acc_mean']:.2f} | "
-                f"{100 * r[f'{prefix}acc_min']:.2f} | {100 * r[f'{prefix}acc_max']:.2f} | "
-                f"{100 * r[f'{prefix}acc_std']:.2f} | "
-                f"{100 * r.get(f'val_{prefix}acc_mean', nan):.2f} | "
-                f"{r.get('round_train_seconds', nan):.2f} |")
-        if "received_acc_mean" in r:
-            line += (f" {100 * r['received_acc_mean']:.2f} | "
-                     f"{r.get('client_lambda', nan):.3f} | {r.get('client_pulled', nan):.2f} |")
-        print(line)
-    if sel:
-        print(f"val_selected (round {sel['round']}, val acc_mean {100 * sel['val_acc_mean']:.2f}): "
-              f"test acc_mean {100 * sel['acc_mean']:.2f}, min {100 * sel['acc_min']:.2f}, max "
-              f"{100 * sel['acc_max']:.2f}, std {100 * sel['acc_std']:.2f}")
-    parsed.report_references(parsed.values, [s], rc.out)
-    if rc.out:
-        print(f"metrics in {rc.out}/", file=sys.stderr)
-    return result
-
+parse, main = CLI.parse, CLI.main
 
 if __name__ == "__main__":
     main()

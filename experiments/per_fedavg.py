@@ -1,5 +1,5 @@
-"""Per-FedAvg (Fallah, Mokhtari, Ozdaglar 2020): MAML-style FedAvg, FO or HF; initial vs
-personalized accuracy.
+"""Per-FedAvg (Fallah, Mokhtari, Ozdaglar 2020): MAML-style FedAvg, FO or HF; presets and one
+call.
 
     python experiments/per_fedavg.py                      # embedded MNIST, Dir(0.1), 20 clients
     python experiments/per_fedavg.py --preset pfllib      # PFLlib's FMNIST Dir(0.1) setting (§4.4)
@@ -10,75 +10,21 @@ How this differs from Personalized FedAvg (``experiments/perfedavg.py``, Jiang e
 FedAvg(E) then Reptile(K), personalized by epochs of fine-tuning on held-out clients): here every
 local step is a MAML meta-step (an inner step with α, then an outer step with β applied to the
 pre-inner weights, FO or Hessian-free), and a client personalizes w by P plain SGD steps.
-
-Every flag is a field of ``PerFedAvgConfig``, ``DataConfig``, ``Sampling``, ``RunConfig``,
-``StrategyArgs`` or :class:`Experiment` (``jaxpfl.cli``). ``--clients N`` is the number of
-clients per round, ``--participation C`` the same as a fraction; the total is ``--num-clients``.
+Per-FedAvg's α is ``--inner-lr`` (``--alpha`` is refused here: it would read as the Dirichlet
+concentration, ``--data.alpha``).
 
 Evaluation (every ``--eval-every`` rounds, and at round 0 before any training, as PFLlib): on
 the held-out clients when the data has some (``kt_per``), else on every training client; per
 client ``init`` = w on its test split, ``pers`` = w after P SGD steps (lr α) on its training
-stream, then on its test split. Both pooled (PFLlib's "Averaged Test Accuracy") and mean over
-clients (KT-Per). Each record also holds ``round_train_seconds`` (training wall time per round
-since the previous evaluation) and the driver's ``eval_seconds``.
-Outputs in ``--out`` (default runs/per_fedavg): metrics.jsonl, summary.json, accuracy.png,
-checkpoints, partition.npz (the split, replayable with ``--partition-file``).
+stream, then on its test split (the algorithm's ``personalize``). Both pooled (PFLlib's
+"Averaged Test Accuracy") and mean over clients (KT-Per).
 """
 
 from __future__ import annotations
 
-import dataclasses
-import os
-import sys
-import time
-from typing import Any
-
-import jax
-import jax.numpy as jnp
-import numpy as np
-
-from jaxpfl.algorithms.per_fedavg import PerFedAvgConfig, per_fedavg, personalize
-from jaxpfl.cli import (
-    CpuScale,
-    DataConfig,
-    ExperimentCli,
-    Parsed,
-    Preset,
-    Reference,
-    Sampling,
-    StrategyArgs,
-    load_dataset,
-    main_guard,
-    prepare_dir,
-    strategy_from_args,
-)
-from jaxpfl.core import ClientEvaluator, Counts, derive, place_pool, summarize
-from jaxpfl.core import keys as K
-from jaxpfl.data.store import save_partition
-from jaxpfl.errors import ConfigError
-from jaxpfl.models import MODELS, get_model
-from jaxpfl.run import Phase, RunConfig, plot_curves, run
-
-
-@dataclasses.dataclass(frozen=True)
-class Experiment:
-    """The rest of a Per-FedAvg run.
-
-    Attributes:
-      rounds: communication rounds R
-      model: model name (jaxpfl.models): perfedavg_mlp (the KT-Per / paper MLP), cnn
-        (FedAvgCNN, PFLlib's), ...
-    """
-
-    rounds: int = 200
-    model: str = dataclasses.field(default="perfedavg_mlp", metadata={"choices": tuple(MODELS)})
-
-    def __post_init__(self):
-        if isinstance(self.rounds, bool) or not isinstance(self.rounds, int) or self.rounds < 0:
-            raise ConfigError(f"--rounds must be an integer >= 0, got {self.rounds!r}")
-        if self.model not in MODELS:
-            raise ConfigError(f"unknown --model {self.model!r}; choose one of: {', '.join(MODELS)}")
-
+from jaxpfl.algorithms.per_fedavg import PerFedAvgConfig, per_fedavg
+from jaxpfl.cli import CpuScale, Preset, Reference
+from jaxpfl.script import ExperimentScript
 
 PFLLIB_METRIC = (
     "pers_acc_pooled: w after one SGD step (lr α) on one training batch of B, on every "
@@ -207,115 +153,19 @@ PRESETS: tuple[Preset, ...] = (
     ),
 )
 
-CLI = ExperimentCli(
+CLI = ExperimentScript(
+    "Per-FedAvg",
     "Per-FedAvg (Fallah et al. 2020): MAML-style FedAvg (FO or HF), reporting initial vs "
     "personalized accuracy.",
-    [
-        ("clients per round", Sampling),
-        ("Per-FedAvg", PerFedAvgConfig),
-        ("experiment", Experiment),
-        ("data", DataConfig),
-        ("run", RunConfig, ("strategy", "config_for_hash")),
-        ("device mapping", StrategyArgs),
-    ],
+    [("Per-FedAvg", PerFedAvgConfig)],
+    lambda parsed, model, ds: per_fedavg(model, parsed[PerFedAvgConfig]),
     PRESETS,
-    defaults=dict(out=os.path.join("runs", "per_fedavg")),
-    aliases={"personalization_steps": ("--pers-steps",)},
-    derived={"clients_per_round": "clients/round"},
-    ambiguous={"alpha": "Per-FedAvg's α (inner and personalization step size) is --inner-lr"},
     prog="per_fedavg.py",
+    defaults=dict(rounds=200, model="perfedavg_mlp"),
+    aliases={"personalization_steps": ("--pers-steps",)},
+    ambiguous={"alpha": "Per-FedAvg's α (inner and personalization step size) is --inner-lr"},
 )
-
-
-def parse(argv: list[str] | None = None) -> Parsed:
-    """The parsed command line (``jaxpfl.cli.Parsed``)."""
-    return CLI.parse(argv)
-
-
-def evaluation_clients(ds) -> np.ndarray:
-    """The held-out clients when the data has some, else every training client; an error when
-    none of them has a test example."""
-    ids = np.asarray(ds.eval_clients if len(ds.eval_clients) else ds.train_clients, np.int64)
-    if sum(len(ds.test[k]) for k in ids) == 0:
-        raise ConfigError(
-            "the evaluation clients have no test examples; use --train-frac < 1 (each client's "
-            "test split is what personalization is measured on)"
-        )
-    return ids
-
-
-def _table(s: dict[str, Any], keys: list[str]) -> list[str]:
-    lines = ["| metric | final | best | last-10 mean |", "|---|---|---|---|"]
-    for key in keys:
-        if key in s:
-            v = s[key]
-            lines.append(f"| {key} | {100 * v['final']:.2f} | {100 * v['best']:.2f} "
-                         f"| {100 * v['last10_mean']:.2f} |")
-    return lines
-
-
-@main_guard
-def main(argv: list[str] | None = None) -> dict[str, Any]:
-    parsed = parse(argv)
-    cfg: PerFedAvgConfig = parsed[PerFedAvgConfig]
-    exp: Experiment = parsed[Experiment]
-    rc: RunConfig = parsed[RunConfig]
-    if rc.out:
-        prepare_dir(rc.out)
-    ds = load_dataset(parsed[DataConfig])
-    if len(ds.train_clients) == 0:
-        raise ConfigError("every client is held out; lower --holdout-frac or --n-eval")
-    m = parsed[Sampling].per_round(len(ds.train_clients))
-    eval_ids = evaluation_clients(ds)
-    model = get_model(exp.model, ds.input_shape, ds.num_classes)
-    alg = per_fedavg(model, cfg)
-    strategy = strategy_from_args(parsed[StrategyArgs])
-    pool = place_pool(ds, strategy)
-    evaluator = ClientEvaluator(personalize(model, cfg), pool.x, pool.y, pool.splits, strategy)
-    root = jax.random.key(rc.seed)
-    clock: dict[str, Any] = {"round": 0, "end": None}
-
-    def evaluate(state, t, final):
-        start = time.perf_counter()
-        keys = jnp.stack([derive(root, K.EVAL, t, int(k)) for k in eval_ids])
-        init, pers = evaluator(alg.global_params(state.server), eval_ids, keys)
-        rec = {**summarize(Counts(*init), "init_"), **summarize(Counts(*pers), "pers_")}
-        if clock["end"] is not None and t > clock["round"]:
-            rec["round_train_seconds"] = (start - clock["end"]) / (t - clock["round"])
-        clock.update(round=t, end=time.perf_counter())
-        return rec
-
-    text = parsed.config_text(
-        partition_hash=ds.meta.get("hash"), labels_sha256=ds.meta.get("labels_sha256")
-    )
-    rc = dataclasses.replace(rc, strategy=strategy, config_for_hash=text)
-
-    def init_params(key):
-        return model.init(key, jnp.zeros((1,) + ds.input_shape, jnp.uint8))
-
-    phases = [Phase(alg.name, alg, exp.rounds, m)]
-    result = run(phases, ds, init_params, evaluate, rc, pool=pool)
-    hist, s = result["history"], result["summary"]
-    keys = ["init_acc_pooled", "pers_acc_pooled", "init_acc_mean", "pers_acc_mean"]
-    if rc.out:
-        plot_curves(hist, keys, os.path.join(rc.out, "accuracy.png"),
-                    title=f"Per-FedAvg ({cfg.variant}) on {ds.name}")
-        save_partition(os.path.join(rc.out, "partition.npz"), ds)
-    per_round = [r["round_train_seconds"] for r in hist if "round_train_seconds" in r]
-    evals = [r["eval_seconds"] for r in hist[1:]] or [hist[0]["eval_seconds"]]
-    print(
-        f"\nPer-FedAvg ({cfg.variant}{', ' + cfg.hvp if cfg.variant == 'hf' else ''}) on "
-        f"{ds.name}: {ds.num_clients} clients, {m} per round, {exp.rounds} rounds, evaluated on "
-        f"{len(eval_ids)} clients; median train {np.median(per_round) if per_round else 0:.1f} "
-        f"s/round, median evaluation {np.median(evals):.1f} s"
-    )
-    for line in _table(s, keys):
-        print(line)
-    parsed.report_references({**parsed.values, "clients_per_round": m}, [s], rc.out)
-    if rc.out:
-        print(f"metrics in {rc.out}/", file=sys.stderr)
-    return result
-
+parse, main = CLI.parse, CLI.main
 
 if __name__ == "__main__":
     main()

@@ -13,9 +13,7 @@ costs):
     python experiments/perfedavg.py --preset kt_pfa_femnist --data-dir leaf/data/femnist/data
 
 A published number is printed only beside a run in the setting it was measured in; otherwise
-one line ``not comparable: ...`` says what differs. Every flag is a field of
-``PersonalizedFedAvgConfig``, ``DataConfig``, ``Sampling``, ``RunConfig``, ``StrategyArgs`` or
-:class:`Experiment` (``jaxpfl.cli``).
+one line ``not comparable: ...`` says what differs.
 
 Outputs (``--out``, default ``runs/perfedavg``): metrics.jsonl (one JSON object per evaluation),
 summary.json, final.json, accuracy.png (initial vs personalized accuracy over rounds),
@@ -24,75 +22,21 @@ checkpoints, partition.npz (the split, replayable with ``--partition-file``).
 
 from __future__ import annotations
 
-import dataclasses
-import json
-import os
-import sys
-import time
-from collections.abc import Callable
 from typing import Any
 
-import jax
-import jax.numpy as jnp
 import numpy as np
 
-from jaxpfl.algorithms.personalized_fedavg import (
-    PersonalizedFedAvgConfig,
-    personalize,
-    personalized_fedavg,
-)
+from jaxpfl.algorithms.personalized_fedavg import PersonalizedFedAvgConfig, personalized_fedavg
 from jaxpfl.cli import (
-    NO_EFFECT,
     AtLeast,
     Baseline,
     CpuScale,
-    DataConfig,
-    ExperimentCli,
     Headline,
     Parsed,
     Preset,
     Reference,
-    Sampling,
-    StrategyArgs,
-    load_dataset,
-    main_guard,
-    prepare_dir,
-    strategy_from_args,
 )
-from jaxpfl.core import ClientEvaluator, Counts, Pool, Splits, derive, place_pool, summarize
-from jaxpfl.core import keys as K
-from jaxpfl.data.dataset import FederatedDataset
-from jaxpfl.data.federate import support_query
-from jaxpfl.data.store import save_partition
-from jaxpfl.errors import ConfigError
-from jaxpfl.models import MODELS, Model, get_model
-from jaxpfl.run import Phase, RunConfig, plot_curves, run
-
-
-@dataclasses.dataclass(frozen=True)
-class Experiment:
-    """Model, evaluation and seeds.
-
-    Attributes:
-      model: model name (jaxpfl.models): cnn (FedAvgCNN), emnist_cnn, emnist_cnn_tff, ...
-      n_eval_clients: evaluation clients sampled at each intermediate evaluation (the final
-        one uses all)
-      seeds: run these seeds one after another and report mean ± std (instead of --seed)
-    """
-
-    model: str = dataclasses.field(default="cnn", metadata={"choices": tuple(MODELS)})
-    n_eval_clients: int = 50
-    seeds: tuple[int, ...] | None = dataclasses.field(default=None, metadata=NO_EFFECT)
-
-    def __post_init__(self):
-        if self.model not in MODELS:
-            raise ConfigError(f"unknown --model {self.model!r}; choose one of: {', '.join(MODELS)}")
-        n = self.n_eval_clients
-        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-            raise ConfigError(f"--n-eval-clients must be an integer >= 1, got {n!r}")
-        if self.seeds is not None and (not self.seeds or min(self.seeds) < 0):
-            raise ConfigError(f"--seeds must be integers >= 0, got {self.seeds!r}")
-
+from jaxpfl.script import ExperimentScript
 
 # Published (initial, personalized) accuracy by (clients per round, E), docs/algorithms.md §3.4.
 JIANG_TABLE1 = {
@@ -346,206 +290,52 @@ PRESETS: tuple[Preset, ...] = (
     ),
 )
 
-CLI = ExperimentCli(
-    "Personalized FedAvg (Jiang et al. 2019): FedAvg(E) then Reptile(K), reporting initial "
-    "vs personalized accuracy on held-out clients.",
-    [
-        ("clients per round", Sampling),
-        ("personalized FedAvg", PersonalizedFedAvgConfig),
-        ("experiment", Experiment),
-        ("data", DataConfig),
-        ("run", RunConfig, ("strategy", "config_for_hash")),
-        ("device mapping", StrategyArgs),
-    ],
-    PRESETS,
-    defaults=dict(out=os.path.join("runs", "perfedavg")),
-    aliases={"personalization_epochs": ("--pers-epochs",)},
-    derived={
-        "clients_per_round": "clients/round",
-        "data_clients": "clients in the data",
-        "eval_clients": "held-out clients",
-    },
-    exclusive=[("seed", "seeds")],
-    prog="perfedavg.py",
-)
 
 
-def parse(argv: list[str] | None = None) -> Parsed:
-    """The parsed command line (``jaxpfl.cli.Parsed``)."""
-    return CLI.parse(argv)
-
-
-def rounds_to_target(history: list[dict], key: str, target: float = 0.8) -> int | None:
-    for rec in history:
-        if key in rec and rec[key] >= target:
-            return rec["round"]
-    return None
-
-
-def personalization_evaluator(
-    model: Model,
-    cfg: PersonalizedFedAvgConfig,
-    pool: Pool,
-    clients: np.ndarray,
-    support: list[np.ndarray],
-    query: list[np.ndarray],
-    strategy: Any,
-) -> Callable:
-    """``(params, rows, keys) -> (init Counts, pers Counts [P])`` for the evaluation
-    ``clients`` (rows index ``support``/``query``). The one place that uses
-    ``ClientEvaluator``."""
-    splits = pool.localize(Splits.from_lists(train=support, test=query), clients)
-    return ClientEvaluator(personalize(model, cfg), pool.x, pool.y, splits, strategy)
-
-
-def run_one(
-    parsed: Parsed, ds: FederatedDataset, seed: int, out: str | None, m: int
-) -> tuple[dict, dict]:
-    """One full run (stages 1-3) with ``seed``; returns (the final record with the wall time,
-    the run's summary)."""
+def result_table(parsed: Parsed, ds: Any, results: list[dict], m: int) -> list[str]:
+    """The main job's table: initial vs personalized accuracy (mean ± std over seeds)."""
     cfg: PersonalizedFedAvgConfig = parsed[PersonalizedFedAvgConfig]
-    exp: Experiment = parsed[Experiment]
-    data: DataConfig = parsed[DataConfig]
-    rc: RunConfig = dataclasses.replace(parsed[RunConfig], seed=seed, out=out)
-    model = get_model(exp.model, ds.input_shape, ds.num_classes)
-    strategy = strategy_from_args(parsed[StrategyArgs])
-    phases = [Phase(name, alg, rounds, m) for name, alg, rounds in personalized_fedavg(model, cfg)]
-    eval_clients = np.asarray(ds.eval_clients)
-    support, query = support_query(ds, eval_clients, frac=data.train_frac, seed=seed)
-    pool = place_pool(ds, strategy)
-    evaluator = personalization_evaluator(model, cfg, pool, eval_clients, support, query,
-                                          strategy)
-    root = jax.random.key(seed)
-    n_sample = min(exp.n_eval_clients, len(eval_clients))
-
-    def evaluate(state, t, final):
-        rows = np.arange(len(eval_clients))
-        sub = not final and n_sample < len(rows)
-        if sub:
-            pick = jax.random.choice(derive(root, K.EVAL, t), len(rows), (n_sample,), replace=False)
-            rows = np.sort(np.asarray(pick))
-        keys = jnp.stack([derive(root, K.EVAL, t, int(eval_clients[r])) for r in rows])
-        init, pers = evaluator(state.server.params, rows, keys)
-        rec = {
-            **summarize(Counts(*init), "init_"),
-            **summarize(Counts(*(a[:, -1] for a in pers)), "pers_"),
-        }
-        rec["pers_acc_mean_by_epoch"] = [
-            float(np.mean(pers.correct[:, e] / np.maximum(pers.count[:, e], 1)))
-            for e in range(pers.correct.shape[1])
-        ]
-        rec["final"] = bool(final)
-        rec["subsampled"] = bool(sub)
-        return rec
-
-    text = parsed.config_text(
-        rc, partition_hash=ds.meta.get("hash"), labels_sha256=ds.meta.get("labels_sha256")
-    )
-    rc = dataclasses.replace(rc, strategy=strategy, config_for_hash=text)
-
-    def init_params(key):
-        return model.init(key, jnp.zeros((1,) + ds.input_shape, jnp.uint8))
-
-    tic = time.perf_counter()
-    result = run(phases, ds, init_params, evaluate, rc, pool=pool)
-    wall = time.perf_counter() - tic
-    hist = result["history"]
-    final = dict(hist[-1])
-    final.update(
-        wall_seconds=wall,
-        train_seconds=result["summary"]["train_seconds"],
-        init_rounds_to_0_8=rounds_to_target(hist, "init_acc_mean"),
-        pers_rounds_to_0_8=rounds_to_target(hist, "pers_acc_mean"),
-    )
-    if out:
-        plot_curves(
-            hist,
-            ["init_acc_mean", "pers_acc_mean"],
-            os.path.join(out, "accuracy.png"),
-            title=f"Personalized FedAvg: {ds.name}, M={m}, E={cfg.local_epochs}",
-        )
-        with open(os.path.join(out, "final.json"), "w") as f:
-            json.dump(final, f, indent=2)
-    return final, result["summary"]
-
-
-def print_table(
-    parsed: Parsed, ds: FederatedDataset, finals: list[dict], seeds: list[int], m: int
-) -> None:
-    """The result table (mean ± std over seeds)."""
-    cfg: PersonalizedFedAvgConfig = parsed[PersonalizedFedAvgConfig]
-
-    def vals(key, scale=100.0):
-        return np.array([f.get(key, np.nan) for f in finals], np.float64) * scale
+    finals = [r["final"] for r in results]
 
     def ms(key, scale=100.0):
-        v = vals(key, scale)
+        v = np.array([f.get(key, np.nan) for f in finals], np.float64) * scale
         return f"{v.mean():.2f}" + (f" ± {v.std():.2f}" if len(v) > 1 else "")
 
     f0 = finals[0]
-    print(
-        f"\nPersonalized FedAvg on {ds.name}: {ds.num_clients} clients "
+    seeds = list(parsed.values["seeds"] or (parsed.values["seed"],))
+    return [
+        "",
+        f"Personalized FedAvg on {ds.name}: {ds.num_clients} clients "
         f"({len(ds.train_clients)} train / {len(ds.eval_clients)} held out), "
-        f"seeds {seeds}, wall {np.mean([f['wall_seconds'] for f in finals]):.0f} s per run"
-    )
-    print(
+        f"seeds {seeds}, wall {np.mean([f['wall_seconds'] for f in finals]):.0f} s per run",
         "| clients/round | E | rounds (FedAvg+Reptile) | initial loss | initial acc (%) "
-        "| personalized loss | personalized acc (%) | eval clients | query examples |"
-    )
-    print("|---|---|---|---|---|---|---|---|---|")
-    print(
+        "| personalized loss | personalized acc (%) | eval clients | query examples |",
+        "|---|---|---|---|---|---|---|---|---|",
         f"| {m} | {cfg.local_epochs} | {cfg.rounds}+{cfg.reptile_rounds} "
         f"| {ms('init_loss_mean', 1.0)} | {ms('init_acc_mean')} | {ms('pers_loss_mean', 1.0)} "
-        f"| {ms('pers_acc_mean')} | {f0.get('init_n_clients')} | {f0.get('init_n_examples')} |"
-    )
-    print(
+        f"| {ms('pers_acc_mean')} | {f0.get('init_n_clients')} | {f0.get('init_n_examples')} |",
         f"(acc = mean over evaluation clients; pooled: initial {ms('init_acc_pooled')}, "
         f"personalized {ms('pers_acc_pooled')}; personalized acc after each of the "
         f"{cfg.personalization_epochs} epochs: "
-        f"{[round(100 * a, 2) for a in f0['pers_acc_mean_by_epoch']]})"
-    )
+        f"{[round(100 * a, 2) for a in f0['pers_acc_mean_by_epoch']]})",
+    ]
 
 
-@main_guard
-def main(argv: list[str] | None = None) -> list[dict]:
-    parsed = parse(argv)
-    exp: Experiment = parsed[Experiment]
-    rc: RunConfig = parsed[RunConfig]
-    if rc.out:
-        prepare_dir(rc.out)
-    ds = load_dataset(parsed[DataConfig])
-    if len(ds.eval_clients) == 0:
-        raise ConfigError(
-            "no held-out evaluation clients: set --holdout-frac > 0 or --n-eval "
-            "(personalization is measured on clients that never trained)"
-        )
-    if len(ds.train_clients) == 0:
-        raise ConfigError("every client is held out; lower --holdout-frac or --n-eval")
-    m = parsed[Sampling].per_round(len(ds.train_clients))
-    seeds = list(exp.seeds or (rc.seed,))
-    out = rc.out
-    finals, summaries = [], []
-    for seed in seeds:
-        sub = out if len(seeds) == 1 or not out else os.path.join(out, f"seed{seed}")
-        final, summary = run_one(parsed, ds, seed, sub, m)
-        finals.append(final)
-        summaries.append(summary)
-    print_table(parsed, ds, finals, seeds, m)
-    run_values = {
-        **parsed.values,
-        "clients_per_round": m,
-        "data_clients": ds.num_clients,
-        "eval_clients": len(ds.eval_clients),
-    }
-    refs = parsed.report_references(run_values, summaries, out if len(seeds) == 1 else None)
-    if out:
-        if len(seeds) > 1:
-            with open(os.path.join(out, "seeds.json"), "w") as f:
-                json.dump({"seeds": seeds, "finals": finals, "references": refs}, f, indent=2)
-        save_partition(os.path.join(out, "partition.npz"), ds)
-        print(f"metrics, summary and plot in {out}/", file=sys.stderr)
-    return finals
-
+CLI = ExperimentScript(
+    "Personalized FedAvg",
+    "Personalized FedAvg (Jiang et al. 2019): FedAvg(E) then Reptile(K), reporting initial "
+    "vs personalized accuracy on held-out clients.",
+    [("personalized FedAvg", PersonalizedFedAvgConfig)],
+    lambda parsed, model, ds: personalized_fedavg(model, parsed[PersonalizedFedAvgConfig]),
+    PRESETS,
+    prog="perfedavg.py",
+    exclude={"experiment": ("rounds",)},  # PersonalizedFedAvgConfig has rounds and reptile_rounds
+    defaults=dict(n_eval_clients=50),
+    aliases={"personalization_epochs": ("--pers-epochs",)},
+    table=result_table,
+    eval_clients="heldout",
+)
+parse, main = CLI.parse, CLI.main
 
 if __name__ == "__main__":
     main()

@@ -7,7 +7,8 @@
     python experiments/reproduce.py report                                # docs/results.md
 
 A preset is named ``SCRIPT:PRESET`` (``fedala:pfllib``); the scripts are every
-``experiments/*.py`` with a module-level :class:`~jaxpfl.cli.ExperimentCli` that has presets.
+``experiments/*.py`` with a module-level :class:`~jaxpfl.script.ExperimentScript` (or
+:class:`~jaxpfl.cli.ExperimentCli`) that has presets.
 Scales: ``smoke`` (the preset's ``--smoke``: seconds, the numbers mean nothing; 1 seed),
 ``cpu`` (the preset with the overrides of its ``cpu`` :class:`~jaxpfl.cli.CpuScale`: under
 about 30 minutes per seed on a 2-core CPU; 3 seeds), ``full`` (the preset unchanged; 3 seeds).
@@ -108,7 +109,7 @@ def scripts() -> dict[str, ExperimentCli]:
     for path in sorted(EXPERIMENTS.glob("*.py")):
         if path.resolve() == Path(__file__).resolve():
             continue
-        if not re.search(r"^\w+\s*=\s*ExperimentCli\(", path.read_text(), re.M):
+        if not re.search(r"^\w+\s*=\s*Experiment(Cli|Script)\(", path.read_text(), re.M):
             continue
         mod = load_script(path)
         clis = [v for v in vars(mod).values() if isinstance(v, ExperimentCli) and v.presets]

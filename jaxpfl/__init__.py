@@ -4,6 +4,7 @@ Algorithms are pure one-client functions; the engine maps them over clients (vma
 sequential or sharded over a device mesh) inside one compiled round; a thin driver loops.
 """
 
+from jaxpfl import algorithms as _algorithms
 from jaxpfl.algorithms import (
     SERVER_OPTIMIZERS,
     FedALAConfig,
@@ -34,6 +35,7 @@ from jaxpfl.core import (
     GroupStates,
     HostRound,
     PerDevice,
+    PersonalModels,
     Pool,
     RoundInputs,
     Schedule,
@@ -73,8 +75,12 @@ from jaxpfl.data.sources import SOURCES, load_raw
 from jaxpfl.data.store import load_partition, save_partition
 from jaxpfl.errors import ConfigError, DataError, JaxpflError, RunError
 from jaxpfl.models import MODELS, Model, count_params, get_model
+from jaxpfl.pipeline import ExperimentConfig, evaluation, experiment
 from jaxpfl.run import Phase, RunConfig, plot_curves, sample_clients
 from jaxpfl.run import run as simulate  # ``jaxpfl.run`` stays the driver module
+
+# every algorithm module's factory and config classes (jaxpfl.algorithms discovers them)
+globals().update({_n: getattr(_algorithms, _n) for _n in _algorithms.__all__})
 
 __version__ = "0.1.0"
 
@@ -112,6 +118,10 @@ __all__ = [
     "Model",
     "PersonalizedFedAvgConfig",
     "PerDevice",
+    "PersonalModels",
+    "ExperimentConfig",
+    "evaluation",
+    "experiment",
     "Phase",
     "Pool",
     "RawData",
@@ -167,3 +177,6 @@ __all__ = [
     "support_query",
     "weighted_mean",
 ]
+# ... and every algorithm's factory and config (jaxpfl.algorithms.ALGORITHMS)
+__all__ += sorted({*_algorithms.ALGORITHMS, *(n for n in _algorithms.__all__
+                                               if n.endswith("Config"))} - set(__all__))

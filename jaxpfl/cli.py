@@ -516,6 +516,8 @@ class DataConfig:
       train_frac: share of each client's examples in its train split, the rest is its test
         split (PFLlib train_ratio 0.75); also the support share of held-out clients without
         their own split
+      val_frac: share in [0, 1) of each client's train split moved to its validation split
+        (FEDORA's λ needs one; 0: none)
       holdout_frac: share of clients held out for evaluation (never trained on)
       n_eval: number of held-out clients (none: use --holdout-frac)
       partition_seed: seed of the partition (none: the partition's own; 1 for pfllib_*, as
@@ -546,6 +548,7 @@ class DataConfig:
     class_per_client: int = 2
     balance: bool | None = None
     train_frac: float = 0.75
+    val_frac: float = 0.0
     holdout_frac: float = 0.0
     n_eval: int | None = None
     partition_seed: int | None = None
@@ -575,6 +578,8 @@ class DataConfig:
             raise ConfigError(f"--alpha must be > 0, got {self.alpha}")
         if not 0.0 <= self.train_frac <= 1.0:
             raise ConfigError(f"--train-frac must be in [0, 1], got {self.train_frac}")
+        if not 0.0 <= self.val_frac < 1.0:
+            raise ConfigError(f"--val-frac must be in [0, 1), got {self.val_frac}")
         if not 0.0 <= self.holdout_frac < 1.0:
             raise ConfigError(f"--holdout-frac must be in [0, 1), got {self.holdout_frac}")
         at_least("n_eval", 1, note=" (none: use --holdout-frac)")
@@ -622,6 +627,7 @@ def load_dataset(cfg: DataConfig, raw: Any = None) -> Any:
         class_per_client=cfg.class_per_client,
         balance=cfg.balance,
         train_frac=cfg.train_frac,
+        val_frac=cfg.val_frac,
         holdout_frac=cfg.holdout_frac,
         n_eval=cfg.n_eval,
         seed=cfg.partition_seed,
@@ -891,7 +897,12 @@ class Parsed:
             if type(c) not in configs:
                 raise TypeError(f"{type(c).__name__} is not a section of this command line")
             configs[type(c)] = c
-        return config_text(*configs.values(), **extra)
+        doc: dict[str, Any] = {}
+        for cls, c in configs.items():  # a section's excluded fields are no flag: left out
+            flags = {s.name for s in self.cli.by_class[cls]}
+            doc[cls.__name__] = {k: v for k, v in results_fields(c).items() if k in flags}
+        doc.update(extra)
+        return json.dumps(doc, sort_keys=True, default=str)
 
     def reference_lines(self, run_values: Mapping[str, Any], ours: Mapping[str, float]) -> list:
         """One line per reference of the preset: the published numbers beside ours when the

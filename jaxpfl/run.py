@@ -230,12 +230,18 @@ def _all_finite(tree: PyTree) -> bool:
 
 def _round_means(out, m: int) -> dict[str, float]:
     """Mean over the M real clients of every scalar client metric, and of every stage
-    metric over all clients (``client_<key>``, ``stage_<key>``)."""
+    metric over all clients (``client_<key>``, ``stage_<key>``); a client metric pair
+    ``<name>_correct`` / ``<name>_count`` also as the pooled accuracy ``<name>_acc_pooled``
+    (Σ correct / Σ count over the round's clients)."""
     rec: dict[str, float] = {}
     for name, v in out.metrics.items():
         v = np.asarray(v)[:m]
         if v.ndim == 1 and v.size:
             rec[f"client_{name}"] = float(np.mean(v))
+        count = out.metrics.get(name[: -len("_correct")] + "_count")
+        if name.endswith("_correct") and count is not None and np.sum(np.asarray(count)[:m]):
+            pooled = float(np.sum(v)) / float(np.sum(np.asarray(count)[:m]))
+            rec[name[: -len("_correct")] + "_acc_pooled"] = pooled
     for name, v in out.stage.items():
         v = np.asarray(v)
         if v.ndim == 1 and v.size:
@@ -318,8 +324,9 @@ def run(
     for ph, m in zip(phases, ms):
         if ph.algorithm.full_participation and m < len(train_pool):
             raise ConfigError(
-                f"phase '{ph.name}' ({ph.algorithm.name}) needs every training client in every "
-                f"round; it samples {m} of {len(train_pool)} (use --participation 1)"
+                f"phase '{ph.name}' ({ph.algorithm.name}) needs full participation (every "
+                f"training client in every round: it mixes every client's state); it samples "
+                f"{m} of {len(train_pool)} (use --participation 1)"
             )
 
     def init_phase(i: int, params: PyTree) -> State:
@@ -460,23 +467,29 @@ def summarize_history(history: Sequence[dict[str, Any]]) -> dict[str, Any]:
         return out
     keys = [k for k, v in history[-1].items() if "acc" in k and isinstance(v, float)]
     full = [r for r in history if not r.get("subsampled", False)] or history[-1:]
-    # test metrics at the evaluation with the best validation metric (val_<m> selects <m>)
-    selected = {}
-    for k in keys:
-        if k.startswith("val_") and any(k in r for r in full):
-            best = max((r for r in full if k in r), key=lambda r: r[k])
-            m = k[len("val_"):]
-            if m in best:
-                selected[m] = {"value": best[m], "round": best["round"], "val": best[k]}
-    if selected:
-        out["val_selected"] = selected
+    # the test metrics at the (first) evaluation with the best mean validation accuracy of the
+    # primary model: the personalized one (pers_) where there is one, else the global one
+    val = [k for k in keys if k.startswith("val_") and k.endswith("acc_mean")]
+    primary = next((k for k in ("val_pers_acc_mean", "val_acc_mean") if k in val),
+                   val[0] if val else None)
+    if primary is not None and any(primary in r for r in full):
+        best = max((r for r in full if primary in r), key=lambda r: r[primary])
+        prefix = primary[len("val_"): -len("acc_mean")]
+        stats = ("acc_mean", "acc_min", "acc_max", "acc_std", "acc_pooled")
+        out["val_selected"] = {
+            "model": prefix.rstrip("_") or "global", "round": best["round"],
+            "val_acc_mean": best[primary],
+            **{s: best[prefix + s] for s in stats if prefix + s in best},
+        }
     for k in keys:
         vals = [r[k] for r in full if k in r]
         if not vals:
             continue
+        best_round = max((r for r in full if k in r), key=lambda r: r[k])["round"]
         out[k] = {
             "final": history[-1][k],
             "best": max(vals),
+            "best_round": best_round,
             "last10_mean": float(np.mean(vals[-10:])),
             "best_over": len(vals),
         }

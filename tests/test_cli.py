@@ -16,12 +16,14 @@ import numpy as np
 import pytest
 from scripts import experiment_presets, load_script
 
+import jaxpfl.pipeline
 from jaxpfl import cli
 from jaxpfl.algorithms.fedavg import FedAvgConfig
 from jaxpfl.algorithms.personalized_fedavg import PersonalizedFedAvgConfig
 from jaxpfl.cli import DataConfig, Sampling, StrategyArgs
 from jaxpfl.core.engine import Strategy
 from jaxpfl.errors import ConfigError, DataError, RunError
+from jaxpfl.pipeline import ExperimentConfig
 from jaxpfl.run import RunConfig
 
 REPO = Path(__file__).resolve().parents[1]
@@ -122,7 +124,7 @@ def test_perfedavg_flags_reach_the_config():
     assert (cfg.reptile_b1, cfg.reptile_b2, cfg.reptile_eps) == (0.5, 0.9, 1e-6)
     assert (cfg.kt_client_lr, cfg.kt_epochs, cfg.kt_server_lr) == (0.002, 3, 0.05)
     assert cfg.personalization_epochs == 3 and cfg.shuffle is False and cfg.variant == "kt_pfa"
-    assert p[perfedavg.Experiment].seeds == (0, 2)
+    assert p[ExperimentConfig].seeds == (0, 2)
     # the preset's values sit below the flags
     assert cfg.rounds == 30 and cfg.local_epochs == 2 and p[Sampling].clients == 20
 
@@ -332,7 +334,7 @@ def _oom(*args, **kwargs):
 
 
 def test_device_oom_is_one_line_naming_what_to_lower(capsys, monkeypatch, tmp_path):
-    monkeypatch.setattr(fedavg, "run", _oom)
+    monkeypatch.setattr(jaxpfl.pipeline, "run", _oom)
     line = one_error_line(
         capsys, fedavg.main, ["--smoke", "--no-progress", "--out", str(tmp_path / "o")]
     )
@@ -344,7 +346,7 @@ def test_experiment_bug_keeps_its_traceback(monkeypatch, tmp_path):
     def bug(*args, **kwargs):
         raise KeyError("acc_pooled")
 
-    monkeypatch.setattr(perfedavg, "run", bug)
+    monkeypatch.setattr(jaxpfl.pipeline, "run", bug)
     with pytest.raises(KeyError):
         perfedavg.main(["--smoke", "--no-progress", "--out", str(tmp_path / "o")])
 
@@ -362,7 +364,7 @@ def test_config_text_has_every_results_field_and_no_other():
         doc["PersonalizedFedAvgConfig"]
     )
     assert set(doc["RunConfig"]) == {"seed", "eval_every"} and doc["StrategyArgs"] == {}
-    assert "seeds" not in doc["Experiment"] and "data_dir" not in doc["DataConfig"]
+    assert "seeds" not in doc["ExperimentConfig"] and "data_dir" not in doc["DataConfig"]
 
 
 @pytest.mark.parametrize("script", sorted(SCRIPTS))

@@ -86,14 +86,16 @@ def toy_algorithm() -> Algorithm:
         metrics = {**stats.metrics(), "val_loss": val_loss, "id": data.id}
         return Clients(theta, c.visits + 1, c.stage_loss), Msg(theta, data.n * 1.0), metrics
 
-    def server_update(state, msgs: Msg, ids, mask):
+    def server_update(server, msgs: Msg, ids, mask):
         del ids
         w = weighted_mean(msgs.theta, msgs.n * mask)
+        return {"w": w, "round": server["round"] + 1}
+
+    def mix(state):
         thetas = state.clients.theta  # ALL clients, after this round's scatter
         mean_all = jax.tree.map(lambda a: jnp.mean(a, axis=0), thetas)
         mixed = jax.tree.map(lambda a, m: a + MIX * (m[None] - a), thetas, mean_all)
-        server = {"w": w, "round": state.server["round"] + 1}
-        return State(server, state.clients._replace(theta=mixed))
+        return State(state.server, state.clients._replace(theta=mixed))
 
     def client_stage(server, c: Clients, data: ClientData, key):
         del server
@@ -106,7 +108,7 @@ def toy_algorithm() -> Algorithm:
 
     return Algorithm(
         "toy", init, client_update, server_update, global_params=lambda s: s["w"],
-        client_stage=client_stage, personal_params=lambda s: s.clients.theta,
+        client_stage=client_stage, mix=mix, personal_params=lambda s: s.clients.theta,
     )
 
 

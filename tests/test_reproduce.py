@@ -37,7 +37,9 @@ def experiment_presets() -> dict[str, tuple[ExperimentCli, list[str]]]:
     ExperimentCli, loaded, and every ExperimentCli object it holds."""
     out = {}
     for path in sorted((REPO / "experiments").glob("*.py")):
-        if path.name == "reproduce.py" or "ExperimentCli(" not in path.read_text():
+        text = path.read_text()
+        if path.name == "reproduce.py" or not ("ExperimentCli(" in text
+                                                or "ExperimentScript(" in text):
             continue
         mod = load(path, f"_experiment_{path.stem}")
         for obj in vars(mod).values():

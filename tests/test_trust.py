@@ -12,7 +12,7 @@ from toy import MODEL, toy_dataset
 
 import jaxpfl
 from jaxpfl.algorithms.fedavg import FedAvgConfig, fedavg
-from jaxpfl.core import Algorithm, State, evaluate_global, summarize
+from jaxpfl.core import Algorithm, evaluate_global, summarize
 from jaxpfl.errors import ConfigError, RunError
 from jaxpfl.run import Phase, RunConfig, clients_per_round, run, summarize_history
 
@@ -113,10 +113,9 @@ def test_no_global_model_checks_the_whole_state_for_nan():
     """An algorithm without global params (FEDORA-like) is NaN-checked on its whole state."""
     base = fedavg(MODEL, FedAvgConfig(batch_size=5, client_lr=0.1))
 
-    def server_update(state, msgs, ids, mask):
-        new = base.server_update(state, msgs, ids, mask)
-        poison = jax.tree.map(lambda a: a * jnp.nan, new.server.params)
-        return State(new.server._replace(params=poison), new.clients)
+    def server_update(server, msgs, ids, mask):
+        new = base.server_update(server, msgs, ids, mask)
+        return new._replace(params=jax.tree.map(lambda a: a * jnp.nan, new.params))
 
     alg = Algorithm("no_global", base.init, base.client_update, server_update)
     ds = toy_dataset()

@@ -416,19 +416,18 @@ def fedala(model, config: FedALAConfig = FedALAConfig()) -> Algorithm:
             metrics.update(trained_correct=counts.correct, trained_count=counts.count)
         return c._replace(theta=theta), Message(theta, jnp.asarray(data.n, jnp.float32)), metrics
 
-    def server_update(state: State, messages: Message, ids, mask) -> State:
+    def server_update(server: ServerState, messages: Message, ids, mask) -> ServerState:
         del ids  # unused: only the messages are aggregated
         weights = messages.n * mask
         w = weighted_mean(messages.theta, weights)
-        w = tree_where(jnp.sum(weights) > 0, w, state.server.params)  # nobody with data: keep w
-        return State(ServerState(w, state.server.round + 1), state.clients)
+        w = tree_where(jnp.sum(weights) > 0, w, server.params)  # nobody with data: keep w
+        return ServerState(w, server.round + 1)
 
     return Algorithm(
         "fedala", init, client_update, server_update,
         global_params=lambda s: s.params,
         client_stage=None if config.ala_on_selected_only else client_stage,
         personal_params=lambda s: s.clients.theta,
-        finite=lambda s: (s.server.params, s.clients.theta),
     )
 
 

@@ -169,15 +169,18 @@ def fedavg(model, config: FedAvgConfig = FedAvgConfig()) -> Algorithm:
         metrics = {**stats.metrics(), "delta_norm": tree_norm(delta)}
         return client_state, Message(delta, jnp.asarray(data.n, jnp.float32)), metrics
 
-    def server_update(state: State, messages: Message, ids: jax.Array, mask: jax.Array) -> State:
-        del ids  # unused: stateless clients
-        server = state.server
+    def server_update(server: ServerState, messages: Message, ids: jax.Array,
+                      mask: jax.Array) -> ServerState:
+        del ids  # unused: the weights are the messages' n_k
         weights = messages.n * mask if config.weighted else mask.astype(jnp.float32)
         g = weighted_mean(messages.delta, weights)
         updates, opt_state = server_tx.update(g, server.opt_state, server.params)
-        new = ServerState(optax.apply_updates(server.params, updates), opt_state, server.round + 1)
-        return State(new, state.clients)
+        return ServerState(optax.apply_updates(server.params, updates), opt_state,
+                           server.round + 1)
 
     return Algorithm(
         "fedavg", init, client_update, server_update, global_params=lambda s: s.params
     )
+
+
+__all__ = ["FedAvgConfig", "Message", "ServerState", "client_schedule", "fedavg"]

@@ -32,6 +32,7 @@ import numpy as np
 from jaxpfl.core import (
     Algorithm,
     ClientData,
+    PersonalModels,
     State,
     client_eval,
     client_sgd,
@@ -74,8 +75,6 @@ class FedoraConfig:
       weight_decay: client weight decay wd >= 0, inside the optimizer
       local_epochs: local epochs E per round (the reference's inner_steps)
       batch_size: client batch size B (training and the batched valloss reductions)
-      participation: clients per round as a fraction; FEDORA requires 1 (every client, every
-        round: the driver must sample all of them)
     """
 
     temperature: float = 10.0
@@ -93,7 +92,6 @@ class FedoraConfig:
     weight_decay: float = 5e-5
     local_epochs: int = 5
     batch_size: int = 64
-    participation: float = 1.0
 
     def __post_init__(self):
         def need(ok: bool, name: str, what: str) -> None:
@@ -110,17 +108,12 @@ class FedoraConfig:
         need(0 <= self.weight_decay < math.inf, "weight_decay", ">= 0")
         need(self.local_epochs >= 0, "local_epochs", ">= 0")
         need(self.batch_size >= 1, "batch_size", ">= 1")
-        if self.participation != 1.0:
-            raise ConfigError(
-                f"FEDORA needs full participation (participation 1: every client trains every "
-                f"round, stale models cannot be propagated), got participation {self.participation}"
-            )
 
 
 class ServerState(NamedTuple):
     """Attributes: ``propagation`` P ``[K, K] float32`` (fixed, row-stochastic; I when not
     propagating); ``round`` rounds applied so far (int32). Written by ``init`` /
-    ``server_update``. There is no global model."""
+    ``server_update`` (the round). There is no global model."""
 
     propagation: jax.Array
     round: jax.Array
@@ -131,7 +124,7 @@ class ClientState(NamedTuple):
 
     Attributes:
       theta: θ_k, the personal models (leaves ``[K, ...]``); written by ``client_update``.
-      received: ŵ_k = Σ_j P_kj θ_j (leaves ``[K, ...]``); written by ``server_update``.
+      received: ŵ_k = Σ_j P_kj θ_j (leaves ``[K, ...]``); written by ``mix``.
       lam: ``[K] float32`` the λ_k of the client's last round (logging).
       delta: ``[K] float32`` the Δ_k = L_local − L_received of its last round (logging).
     """
@@ -344,20 +337,37 @@ def fedora(
                    "received_val_loss": loss_received}
         return c._replace(theta=theta, lam=lam, delta=delta), None, metrics
 
-    def server_update(state: State, messages, ids: jax.Array, mask: jax.Array) -> State:
+    def server_update(server: ServerState, messages, ids: jax.Array,
+                      mask: jax.Array) -> ServerState:
+        del messages, ids, mask  # unused: the models travel through the mixing step
+        return server._replace(round=server.round + 1)
+
+    def mix(state: State) -> State:
         """ŵ ← P Θ over the client axis of ALL clients' θ: one contraction per leaf."""
-        del messages, ids, mask  # unused: every client's θ is in state.clients (C = 1)
-        server, c = state.server, state.clients
-        p = server.propagation
+        c = state.clients
         if prop is None:
             received = c.theta
         else:
+            p = state.server.propagation
             received = jax.tree.map(lambda a: jnp.tensordot(p.astype(a.dtype), a, axes=1),
                                     c.theta)
-        return State(server._replace(round=server.round + 1), c._replace(received=received))
+        return State(state.server, c._replace(received=received))
 
     return Algorithm(
-        "fedora", init, client_update, server_update,
-        personal_params=lambda s: s.clients.theta, finite=lambda s: s.clients.theta,
-        full_participation=True, server_reads_clients=True,
+        "fedora", init, client_update, server_update, mix=mix,
+        personal_params=lambda s: PersonalModels(pers=s.clients.theta,
+                                                 received=s.clients.received),
     )
+
+
+__all__ = [
+    "ClientState",
+    "FedoraConfig",
+    "ServerState",
+    "client_summaries",
+    "client_summary",
+    "fedora",
+    "local_step",
+    "propagation_matrix",
+    "validation_loss",
+]

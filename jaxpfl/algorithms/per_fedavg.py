@@ -236,18 +236,19 @@ def per_fedavg(
         }
         return client_state, Message(theta, jnp.asarray(data.n, jnp.float32)), metrics
 
-    def server_update(state: State, messages: Message, ids: jax.Array, mask: jax.Array) -> State:
-        del ids  # unused: stateless clients
-        w = state.server.params
+    def server_update(server: ServerState, messages: Message, ids: jax.Array,
+                      mask: jax.Array) -> ServerState:
+        del ids  # unused: the weights are the messages' n_k
+        w = server.params
         weights = messages.n * mask if config.weighted else mask.astype(jnp.float32)
         mean = weighted_mean(messages.params, weights)
         keep = jnp.sum(weights) <= 0
         new = jax.tree.map(lambda m, old: jnp.where(keep, old, m), mean, w)
-        return State(ServerState(new, state.server.round + 1), state.clients)
+        return ServerState(new, server.round + 1)
 
     return Algorithm(
         f"per_fedavg_{config.variant}", init, client_update, server_update,
-        global_params=lambda s: s.params,
+        global_params=lambda s: s.params, personalize=personalize(model, config, loss=loss),
     )
 
 

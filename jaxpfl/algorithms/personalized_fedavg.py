@@ -222,10 +222,13 @@ def _grad_sum_step(model, tx: optax.GradientTransformation) -> Callable:
 
 
 def personalized_fedavg(model, config: PersonalizedFedAvgConfig = PersonalizedFedAvgConfig()):
-    """The two training stages as ``[(name, algorithm, rounds)]`` for ``jaxpfl.run``."""
+    """The two training stages as ``[(name, algorithm, rounds)]`` for ``jaxpfl.run``; both
+    carry stage 3 (:func:`personalize`) as their ``personalize`` evaluator."""
+    tune = personalize(model, config)
     return [
-        ("fedavg", fedavg_stage(model, config), config.rounds),
-        ("reptile", reptile_stage(model, config), config.reptile_rounds),
+        ("fedavg", fedavg_stage(model, config)._replace(personalize=tune), config.rounds),
+        ("reptile", reptile_stage(model, config)._replace(personalize=tune),
+         config.reptile_rounds),
     ]
 
 
@@ -262,3 +265,12 @@ def personalize(model, config: PersonalizedFedAvgConfig) -> Callable:
         return init, Counts(*pers)
 
     return fn
+
+
+__all__ = [
+    "PersonalizedFedAvgConfig",
+    "fedavg_stage",
+    "personalize",
+    "personalized_fedavg",
+    "reptile_stage",
+]

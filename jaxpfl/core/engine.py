@@ -7,7 +7,8 @@ for the server. A round ``t`` with sampled clients S_t runs::
 
     for k in S_t (mapped):  c_k, m_k, metrics_k = client_update(server, c_k, data_k, key_tk)
     scatter c_k into the stacked client state
-    server, clients = server_update(State(server, clients), messages, ids, mask)
+    server = server_update(server, messages, ids, mask)
+    state = mix(State(server, clients))                     (optional, ALL clients)
     for EVERY client k (mapped, optional):  c_k, stage_k = client_stage(server, c_k, data_k, key)
 
 Shapes and meanings:
@@ -20,27 +21,32 @@ Shapes and meanings:
   (or ``None``); ``data`` is a :class:`~jaxpfl.core.train.ClientData` with the client's id,
   the round, and its train / val / test index rows into the shared pool; ``key`` is
   ``derive(root, DATA, t, k)``. ``message`` is any pytree; ``metrics`` a dict of scalars.
-* ``server_update(state, messages, ids, mask) -> State``. ``messages`` are stacked ``[R, ...]``
-  in the order clients were sampled (rows past the M real ones are padding); ``ids [R]``
-  their client ids (padding rows: ``num_clients``); ``mask [R]`` is 1.0 for a real client,
-  0.0 for padding — a padding row must have no effect (weight it by the mask).
-  ``state.clients`` is the stacked state of ALL clients after this round's scatter, so
-  cross-client mixing (FEDORA's ŵ = P·Θ) is the algorithm's own code.
+* ``server_update(server, messages, ids, mask) -> server``. ``messages`` are stacked
+  ``[R, ...]`` in the order clients were sampled (rows past the M real ones are padding);
+  ``ids [R]`` their client ids (padding rows: ``num_clients``); ``mask [R]`` is 1.0 for a
+  real client, 0.0 for padding — a padding row must have no effect (weight it by the mask).
+  It sees the server and the messages only, never client state, so it means the same
+  wherever the client state lives (on the device or in host memory).
+* ``mix(state) -> State`` (optional): a step over ALL clients' state after the server step,
+  for cross-client mixing (FEDORA's ŵ = P·Θ, one contraction over the client axis). Its
+  presence means the algorithm needs every training client in every round (the driver
+  refuses a phase that samples fewer) and its client state on the device.
 * ``client_stage(server, client_state, data, key) -> (client_state, metrics)`` (optional) is
   mapped over ALL clients after the server step, with ``key = derive(root, STAGE, t, k)``. It
   prepares every client for the next round (FedALA's adaptive local aggregation of w_{t+1}).
 * ``global_params(server) -> params`` (optional): the shared model, where there is one; the
   driver uses it to start the next phase and evaluators use it for global evaluation.
 * ``personal_params(state) -> params [K, ...]`` (optional): each client's own model, for
-  per-client evaluation.
-* ``finite(state) -> pytree`` (optional): what the driver's NaN guard checks after each round;
-  default: ``global_params(server)`` if defined, else the whole state.
-* ``full_participation`` (default False): the algorithm needs every training client in every
-  round (FEDORA); the driver refuses a phase that samples fewer.
-* ``server_reads_clients`` (default False): ``server_update`` reads or writes
-  ``state.clients`` (FEDORA's mixing). Such an algorithm keeps its client state on the device;
-  every other one may keep it in host memory (``Strategy(client_state="host")``,
-  ``jaxpfl.core.residency``), where ``server_update`` sees the round's rows only.
+  per-client evaluation; or :class:`PersonalModels` ``(name=params [K, ...], ...)`` for
+  several per-client models (the first is the personalized model, FEDORA's θ_k; FEDORA also
+  has ``received``, ŵ_k).
+* ``personalize(params, data, key) -> (init Counts, pers Counts)`` (optional): fine-tune then
+  evaluate ONE client from the global model (Personalized FedAvg, Per-FedAvg): counts of
+  ``params`` on the client's test row, then of the personalized model (``pers`` may carry a
+  trailing axis over personalization epochs, the last being the result).
+
+The driver's NaN guard checks the global and personal models after each round (the whole
+state when the algorithm has neither).
 
 ``init`` must return a state whose leaves are distinct arrays (the jitted round donates the
 state; two leaves sharing one buffer cannot both be donated). The driver copies the initial
@@ -49,15 +55,17 @@ state once, so this only matters when calling ``make_round`` directly.
 Metric keys the driver reads from ``client_update``'s metrics: ``train_loss`` (optional; a
 non-finite value stops the run naming the clients), ``steps`` and ``compiled_steps``
 (optional; their ratio is the useful-step share). Every scalar metric (and every stage
-metric) is logged as its mean over real clients at each evaluation.
+metric) is logged as its mean over real clients at each evaluation; a pair
+``<name>_correct`` / ``<name>_count`` is also logged as the pooled accuracy
+``<name>_acc_pooled`` (Σ correct / Σ count over the round's clients).
 
 Masks: a *padding row* (mask 0, id = num_clients) exists so groups have fixed shapes; its
 outputs are dropped (scatters use ``mode="drop"``). A *masked step* inside the step loop is a
 step whose batch has no valid example; it leaves the carry unchanged.
 
 A toy algorithm (every client moves its scalar state halfway to the server's value; the
-server averages the real clients' new values and writes that average into EVERY client's
-state)::
+server averages the real clients' new values, and ``mix`` writes that average into EVERY
+client's state)::
 
     >>> import jax, jax.numpy as jnp, numpy as np
     >>> from jaxpfl.core import Algorithm, Splits, State, Strategy, make_round, round_inputs
@@ -66,10 +74,12 @@ state)::
     >>> def client_update(server, c, data, key):
     ...     c = c + 0.5 * (server - c)
     ...     return c, c, {"train_loss": c, "id": data.id}
-    >>> def server_update(state, msgs, ids, mask):
-    ...     w = jnp.sum(msgs * mask) / jnp.sum(mask)
-    ...     return State(w, jnp.full_like(state.clients, w))
-    >>> toy = Algorithm("toy", init, client_update, server_update, global_params=lambda s: s)
+    >>> def server_update(server, msgs, ids, mask):
+    ...     return jnp.sum(msgs * mask) / jnp.sum(mask)
+    >>> def mix(state):
+    ...     return State(state.server, jnp.full_like(state.clients, state.server))
+    >>> toy = Algorithm("toy", init, client_update, server_update, global_params=lambda s: s,
+    ...                 mix=mix)
     >>> splits = Splits.from_lists(train=[[0], [1, 2], [3, 4, 5]])  # 3 clients' index rows
     >>> x, y = jnp.zeros((6, 1, 1, 1), jnp.uint8), jnp.zeros(6, jnp.int32)
     >>> strategy = Strategy("vmap")
@@ -134,6 +144,12 @@ class State(NamedTuple):
     clients: PyTree = None
 
 
+class PersonalModels(dict):
+    """Several stacked per-client models by name (``personal_params``'s return value when an
+    algorithm has more than one: ``PersonalModels(pers=θ, received=ŵ)``); the first is the
+    personalized model. Evaluation prefixes each one's metrics with ``<name>_``."""
+
+
 class Algorithm(NamedTuple):
     """A federated algorithm as a small named tuple of pure functions (see the module
     docstring for every function's shapes and what the driver reads)."""
@@ -141,21 +157,28 @@ class Algorithm(NamedTuple):
     name: str
     init: Callable[[jax.Array, PyTree, int], State]
     client_update: Callable[..., tuple[PyTree, PyTree, dict]]
-    server_update: Callable[[State, PyTree, jax.Array, jax.Array], State]
+    server_update: Callable[[PyTree, PyTree, jax.Array, jax.Array], PyTree]
     global_params: Callable[[PyTree], PyTree] | None = None
     client_stage: Callable[..., tuple[PyTree, dict]] | None = None
     personal_params: Callable[[State], PyTree] | None = None
-    finite: Callable[[State], PyTree] | None = None
-    full_participation: bool = False
-    server_reads_clients: bool = False
+    mix: Callable[[State], State] | None = None
+    personalize: Callable[..., tuple[Any, Any]] | None = None
+
+    @property
+    def full_participation(self) -> bool:
+        """Every training client in every round: implied by a ``mix`` step over all clients."""
+        return self.mix is not None
 
     def check_tree(self, state: State) -> PyTree:
-        """What the NaN guard checks (``finite``, else the global model, else everything)."""
-        if self.finite is not None:
-            return self.finite(state)
+        """What the NaN guard checks: the global and personal models (the whole state when
+        the algorithm declares neither)."""
+        parts = []
         if self.global_params is not None:
-            return self.global_params(state.server)
-        return state
+            parts.append(self.global_params(state.server))
+        if self.personal_params is not None:
+            got = self.personal_params(state)
+            parts.append(dict(got) if isinstance(got, PersonalModels) else got)
+        return tuple(parts) if parts else state
 
 
 @dataclasses.dataclass(frozen=True)
@@ -382,10 +405,11 @@ def make_round(algorithm: Algorithm, strategy: Strategy) -> Callable:
     client stage to the caller (:func:`make_stage`): ``jaxpfl.core.residency`` does this for
     client state kept in host memory.
     """
-    server_update = algorithm.server_update
+    server_update, mix = algorithm.server_update, algorithm.mix
     stage_fn = algorithm.client_stage
     if not strategy.jitted:
         server_update = jax.jit(server_update)
+        mix = None if mix is None else jax.jit(mix)
 
     def client_fn(shared, pc: _PerClient):
         server, x, y, t = shared
@@ -414,7 +438,12 @@ def make_round(algorithm: Algorithm, strategy: Strategy) -> Callable:
         metrics = jax.tree.map(lambda a: a[perm], _concat([o[2] for o in outs]))
         ids = jnp.concatenate([jnp.asarray(g.ids) for g in inputs.groups])[perm]
         mask = jnp.concatenate([jnp.asarray(g.mask) for g in inputs.groups])[perm]
-        state = server_update(State(state.server, clients), messages, ids, mask)
+        state = State(server_update(state.server, messages, ids, mask), clients)
+        if mix is not None:
+            if gathered:
+                raise ValueError(f"{algorithm.name} mixes every client's state: its client "
+                                 "state stays on the device (no GroupStates)")
+            state = mix(state)
         if not strategy.jitted:
             jax.block_until_ready(state)
             seconds["clients"] = time.perf_counter() - tic
@@ -500,6 +529,7 @@ def place_inputs(inputs: RoundInputs, strategy: Strategy) -> RoundInputs:
 __all__ = [
     "CLIENT_STATES",
     "POOL_LAYOUTS",
+    "PersonalModels",
     "STRATEGIES",
     "Algorithm",
     "GroupStates",

@@ -17,8 +17,8 @@ stack is NumPy in host memory and a round moves only what it touches:
 
 Per-client computations, their keys and their data are those of the device-resident round,
 so results are the same (bit-identical with ``sequential``; equal to float tolerance under
-``vmap``, whose batch shapes differ). An algorithm whose ``server_update`` reads every
-client's state (``Algorithm.server_reads_clients``: FEDORA) keeps it on the device.
+``vmap``, whose batch shapes differ). An algorithm that mixes every
+client's state after the server step (``Algorithm.mix``: FEDORA) keeps it on the device.
 ``client_state="auto"`` (the default) keeps it on the device unless the stack would take
 more than ``HOST_ABOVE`` of the device's memory (never on a CPU backend, whose device memory
 is host memory). One process only, with the replicated pool.
@@ -119,10 +119,10 @@ def resolve_client_state(strategy: Strategy, algorithm: Algorithm, per_client: i
     """``device`` or ``host`` for ``strategy.client_state`` (``auto`` decides by size)."""
     want = strategy.client_state
     if want == "host":
-        if algorithm.server_reads_clients:
+        if algorithm.mix is not None:
             raise ConfigError(
-                f"{algorithm.name}'s server step reads every client's state, so its client "
-                "state stays on the device; drop --client-state host"
+                f"{algorithm.name} mixes every client's state after the server step, so its "
+                "client state stays on the device; drop --client-state host"
             )
         if distributed.is_multiprocess():
             raise ConfigError("host-resident client state runs in one process only; drop "
@@ -131,7 +131,7 @@ def resolve_client_state(strategy: Strategy, algorithm: Algorithm, per_client: i
             raise ConfigError("host-resident client state needs the replicated pool; drop "
                               "--client-state host or --pool-layout per-device")
         return "host"
-    if (want == "device" or per_client == 0 or algorithm.server_reads_clients
+    if (want == "device" or per_client == 0 or algorithm.mix is not None
             or strategy.pool_layout == "per-device"):
         return "device"
     if distributed.is_multiprocess():
