@@ -15,17 +15,13 @@ from __future__ import annotations
 
 from jaxpfl.algorithms.ditto import DittoConfig, ditto
 from jaxpfl.algorithms.fedavg import FedAvgConfig
-from jaxpfl.cli import CpuScale, Preset
+from jaxpfl.cli import PFLLIB_FMNIST, CpuScale, Preset
 from jaxpfl.script import ExperimentScript
 
 #: PFLlib's Ditto: its main.py defaults (lr 0.005, B 10, E 1, C 1, 20 clients) on its
 #: Fashion-MNIST Dir(0.1) split (§7.3). Its default -mu 0 makes Ditto
 #: local training beside FedAvg, so λ = 1 is taken from the Ditto authors' run scripts.
-PFLLIB = dict(
-    dataset="fashion_mnist", partition="pfllib_dir", alpha=0.1, num_clients=20, train_frac=0.75,
-    participation=1.0, model="cnn", client_lr=0.005, batch_size=10, local_epochs=1,
-    drop_last=True, rounds=2000, mu=1.0,
-)
+PFLLIB = dict(PFLLIB_FMNIST, mu=1.0)
 
 PRESETS: tuple[Preset, ...] = (
     Preset(

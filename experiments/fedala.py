@@ -22,21 +22,11 @@ from __future__ import annotations
 import numpy as np
 
 from jaxpfl.algorithms.fedala import FedALAConfig, fedala
-from jaxpfl.cli import CpuScale, Preset, Reference
+from jaxpfl.cli import PFLLIB_FMNIST, CpuScale, Preset, Reference
 from jaxpfl.script import ExperimentScript
 
 PFLLIB = dict(
-    dataset="fashion_mnist",
-    partition="pfllib_dir",
-    alpha=0.1,
-    num_clients=20,
-    train_frac=0.75,
-    participation=1.0,
-    model="cnn",
-    client_lr=0.005,
-    batch_size=10,
-    local_epochs=1,
-    drop_last=True,
+    PFLLIB_FMNIST,
     shuffle=True,
     eta=1.0,
     rand_percent=80,

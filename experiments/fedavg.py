@@ -13,23 +13,10 @@ central test set (``central_*``): ``jaxpfl.experiment`` builds it from the algor
 from __future__ import annotations
 
 from jaxpfl.algorithms.fedavg import FedAvgConfig, fedavg
-from jaxpfl.cli import CpuScale, Preset, Reference
+from jaxpfl.cli import PFLLIB_FMNIST, CpuScale, Preset, Reference
 from jaxpfl.script import ExperimentScript
 
-PFLLIB = dict(
-    dataset="fashion_mnist",
-    partition="pfllib_dir",
-    alpha=0.1,
-    num_clients=20,
-    train_frac=0.75,
-    participation=1.0,
-    model="cnn",
-    client_lr=0.005,
-    batch_size=10,
-    local_epochs=1,
-    drop_last=True,
-    rounds=2000,
-)
+PFLLIB = dict(PFLLIB_FMNIST)
 #: What the reference column is in summary.json (``cli.Reference.reads``).
 READS = {"best acc_pooled (%)": ("acc_pooled", "best")}
 PFLLIB_METRIC = (

@@ -12,17 +12,13 @@ from __future__ import annotations
 
 from jaxpfl.algorithms.fedavg import FedAvgConfig
 from jaxpfl.algorithms.fedprox import FedProxConfig, fedprox
-from jaxpfl.cli import CpuScale, Preset
+from jaxpfl.cli import PFLLIB_FMNIST, CpuScale, Preset
 from jaxpfl.script import ExperimentScript
 
 #: PFLlib's FedProx: its main.py defaults (lr 0.005, B 10, E 1, C 1, 20 clients) on its
 #: Fashion-MNIST Dir(0.1) split (§7.3). Its default -mu 0 is FedAvg itself, so μ = 0.01 is
 #: taken from the paper's grid (Li et al. tune μ in {0.001, 0.01, 0.1, 1}).
-PFLLIB = dict(
-    dataset="fashion_mnist", partition="pfllib_dir", alpha=0.1, num_clients=20, train_frac=0.75,
-    participation=1.0, model="cnn", client_lr=0.005, batch_size=10, local_epochs=1,
-    drop_last=True, mu=0.01, rounds=2000,
-)
+PFLLIB = dict(PFLLIB_FMNIST, mu=0.01)
 
 PRESETS: tuple[Preset, ...] = (
     Preset(

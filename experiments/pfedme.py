@@ -14,18 +14,14 @@ from __future__ import annotations
 
 from jaxpfl.algorithms.fedavg import FedAvgConfig
 from jaxpfl.algorithms.pfedme import PFedMeConfig, pfedme
-from jaxpfl.cli import CpuScale, Preset
+from jaxpfl.cli import PFLLIB_FMNIST, CpuScale, Preset
 from jaxpfl.script import ExperimentScript
 
 #: PFLlib's pFedMe: its main.py defaults (lr 0.005, B 10, E 1, C 1, 20 clients) on its
 #: Fashion-MNIST Dir(0.1) split (§7.3). pFedMe's own: η_p 0.01, K 5, the hidden
 #: weight decay 0.001 of PFLlib's optimizer; λ 15 and β 1 (the paper's values, PFLlib's earlier
 #: defaults and its maintainer's advice; its current -bt 0 keeps w fixed).
-PFLLIB = dict(
-    dataset="fashion_mnist", partition="pfllib_dir", alpha=0.1, num_clients=20, train_frac=0.75,
-    participation=1.0, model="cnn", client_lr=0.005, batch_size=10, local_epochs=1,
-    drop_last=True, rounds=2000, lam=15.0, beta=1.0, personal_lr=0.01, inner_steps=5,
-)
+PFLLIB = dict(PFLLIB_FMNIST, lam=15.0, beta=1.0, personal_lr=0.01, inner_steps=5)
 
 PRESETS: tuple[Preset, ...] = (
     Preset(

@@ -46,6 +46,7 @@ from jaxpfl.errors import ConfigError, JaxpflError
 __all__ = [
     "DEFAULT_NUM_CLIENTS",
     "NO_EFFECT",
+    "PFLLIB_FMNIST",
     "RESULT_FIELDS",
     "AtLeast",
     "Baseline",
@@ -812,6 +813,17 @@ class Reference:
         """How the numbers are named where they are shown: ``published`` (a paper's or a
         peer's own benchmark) or ``regression reference`` (jaxpfl's own earlier run)."""
         return REFERENCE_KINDS[self.kind]
+
+
+#: PFLlib's common setting (its ``system/main.py`` defaults on its Fashion-MNIST Dir(0.1)
+#: generator): the exact ``pfllib_dir`` split of 20 clients (seed 1, 75/25;
+#: docs/algorithms.md §7.3), every client every round, FedAvgCNN, client SGD 0.005, B 10,
+#: E 1, drop_last, 2000 rounds. Every ``pfllib`` preset starts from it.
+PFLLIB_FMNIST: Mapping[str, Any] = types.MappingProxyType(dict(
+    dataset="fashion_mnist", partition="pfllib_dir", alpha=0.1, num_clients=20, train_frac=0.75,
+    participation=1.0, model="cnn", client_lr=0.005, batch_size=10, local_epochs=1,
+    drop_last=True, rounds=2000,
+))
 
 
 class CpuScale(typing.NamedTuple):

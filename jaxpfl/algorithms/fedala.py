@@ -34,6 +34,8 @@ from jaxpfl.core import (
     State,
     client_eval,
     client_sgd,
+    concrete,
+    cond,
     epoch_schedule,
     local_steps,
     local_train,
@@ -203,7 +205,7 @@ def ala_schedule(key: jax.Array, n, width: int, rand_percent: int, batch_size: i
     pos = jnp.minimum(r + j, max(width - 1, 0)).reshape(nb, batch_size)
     valid = ((j < n_s) | ((j == 0) & (n_s == 0))).reshape(nb, batch_size)
     shape = (passes, nb, batch_size)
-    active = np.ones(passes, bool) if not isinstance(n, jax.core.Tracer) else None
+    active = None if concrete(n) is None else np.ones(passes, bool)
     sched = Schedule(jnp.broadcast_to(pos, shape), jnp.broadcast_to(valid, shape), active,
                      jnp.arange(passes, dtype=jnp.int32))
     return sched, r, n_s
@@ -302,10 +304,10 @@ def _feature_rows(model, layer: str, w, data: ClientData, sched: Schedule, n_s, 
     total = ids.shape[0]
     padded = -(-total // chunk) * chunk
     chunks = jnp.pad(ids, (0, padded - total)).reshape(-1, chunk)
-    if isinstance(n_s, jax.core.Tracer):
+    if concrete(n_s) is None:
         feats = _features(model, layer, w, data.x, chunks)
     else:
-        need = max(1, -(-int(n_s) // chunk))
+        need = max(1, -(-concrete(n_s) // chunk))
         real = [_features(model, layer, w, data.x, chunks[j : j + 1]) for j in range(need)]
         feats = jnp.concatenate(real)
         if need < chunks.shape[0]:
@@ -438,9 +440,7 @@ def _after_round0(t, fn, c: ClientState):
         return c, {"ala_passes": z, "ala_cap_hit": jnp.zeros((), bool),
                    "ala_loss": jnp.zeros((), jnp.float32), "ala_start_phase": c.start}
 
-    if not isinstance(t, jax.core.Tracer):
-        return fn(c) if int(t) > 0 else keep(c)
-    return jax.lax.cond(t > 0, fn, keep, c)
+    return cond(t > 0, fn, keep, c)
 
 
 __all__ = [

@@ -221,6 +221,22 @@ def _is_traced(tree: PyTree) -> bool:
     return any(isinstance(leaf, jax.core.Tracer) for leaf in jax.tree.leaves(tree))
 
 
+def concrete(x: Any) -> int | None:
+    """``int(x)`` when ``x`` is a concrete scalar (the eager ``sequential`` path), ``None``
+    when it is traced (under ``jit`` / ``vmap``). The one place algorithms learn which path
+    they run on, for work that only the eager path can skip (e.g. chunks past a client's own
+    examples); what is computed must not depend on it."""
+    return None if _is_traced(x) else int(x)
+
+
+def cond(pred: Any, true_fn: Callable, false_fn: Callable, *operands: Any) -> Any:
+    """``jax.lax.cond``, or a Python branch when ``pred`` is concrete (eager: only the taken
+    branch runs). Both branches must give the same result either way."""
+    if _is_traced(pred):
+        return jax.lax.cond(pred, true_fn, false_fn, *operands)
+    return true_fn(*operands) if bool(pred) else false_fn(*operands)
+
+
 def local_steps(
     step_fn: StepFn,
     carry: PyTree,
