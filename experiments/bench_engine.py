@@ -1,4 +1,4 @@
-"""Engine benchmark: one round of federated training per row, timed side by side in one run.
+"""Engine benchmark: rounds of federated training per row, timed interleaved in one run.
 
 Every row trains the same clients from the same initial weights (FedAvgCNN by default on
 PFLlib's Fashion-MNIST Dir(0.1) split, B 10, E 1, SGD 0.005):
@@ -12,15 +12,25 @@ PFLlib's Fashion-MNIST Dir(0.1) split, B 10, E 1, SGD 0.005):
 - ``torch_loader`` (``--torch``): PFLlib's client loop shape — per client per round a fresh
   ``DataLoader(list of (x, y), shuffle=True)`` (its own order), a deep copy of the global
   model, ``SGD``; it computes a different batch order, so only its loss is comparable;
-- algorithm rows (``--algorithms``): Per-FedAvg FO / HF (fd, exact) and FedALA on the first
-  engine strategy, seconds per round beside FedAvg's (FedALA: its ALA stage apart; round 0
-  holds the start phase).
+- algorithm rows (``--algorithms``): Per-FedAvg FO / HF (fd, exact), FedALA or an experiment
+  script's algorithm (fedprox, ditto, ...) on the first engine strategy, interleaved with a
+  FedAvg row of their own, seconds per round beside FedAvg's (FedALA: its ALA stage apart;
+  round 0 holds the start phase).
 
-Per row: compile seconds (where measured apart), seconds per round (the first round includes
-the compilations of an eagerly dispatched strategy), training examples per second, the
-round's training loss, the largest parameter difference to the first engine row after the
-last round, and the useful-step share (active / compiled steps). Plus the evaluation of the
-global model on every client's test split. Figures printed and written as JSON (``--out``).
+Timing: every row is built first and runs its round 0 (warm-up: it includes the compilations
+of an eagerly dispatched strategy; reported apart as "first round s"). Then the ``--rounds``
+timed rounds run interleaved, round by round: round 1 of every row in turn, then round 2 of
+every row, ... (A, B, C, A, B, C, ...), so that a drift of the machine's speed during the run
+reaches every row alike instead of the rows timed last. Each row's state advances on its own,
+so its parameters after N rounds are those of N rounds run back to back.
+
+Per row: compile seconds (where measured apart), the first round's seconds, the median and the
+min seconds over the timed rounds and their spread ((max − min) / median), training examples
+per second (from the median), the seconds relative to the reference row (the first engine
+row; from the medians and from the mins), the last round's training loss, the largest
+parameter difference to the reference row after the same rounds, and the useful-step share
+(active / compiled steps). Plus the evaluation of the global model on every client's test
+split. Figures printed and written as JSON (``--out``).
 
     python experiments/bench_engine.py --torch                      # CPU table
     python experiments/bench_engine.py --conv im2col,xla --strategies sequential,vmap
@@ -50,6 +60,7 @@ if __name__ == "__main__":
 import argparse  # noqa: E402
 import copy  # noqa: E402
 import dataclasses  # noqa: E402
+import importlib.util  # noqa: E402
 import json  # noqa: E402
 import time  # noqa: E402
 from collections.abc import Callable, Sequence  # noqa: E402
@@ -84,6 +95,9 @@ from jaxpfl.models.conv import conv_impl  # noqa: E402
 PyTree = Any
 ENGINE = ("sequential", "vmap", "chunked", "sharded")
 ALGORITHMS = ("per_fedavg_fo", "per_fedavg_hf", "per_fedavg_hf_exact", "fedala")
+#: Any other name: the experiment script experiments/<name>.py (fedprox, ditto, fedrep,
+#: pfedme, ... : discovered) builds the algorithm from its ``pfllib`` preset (else its default
+#: one) with this benchmark's --lr, --batch-size and --epochs.
 
 
 # ----------------------------------------------------------------------------------------------
@@ -124,10 +138,14 @@ def load_split(args: argparse.Namespace) -> tuple[FederatedDataset, str]:
 
 @dataclasses.dataclass
 class Row:
-    """One row's figures (seconds per round in order; the first includes eager compiles)."""
+    """One row's figures. ``first_round_s``: round 0, the warm-up (it includes the compilations
+    of an eagerly dispatched strategy); ``rounds``: the seconds of the timed rounds 1..R in
+    order (run interleaved with the other rows); ``losses`` and ``stage_s``: every round from
+    round 0."""
 
     label: str
     kind: str
+    first_round_s: float | None = None
     rounds: list[float] = dataclasses.field(default_factory=list)
     losses: list[float] = dataclasses.field(default_factory=list)
     compile_s: float | None = None
@@ -136,9 +154,24 @@ class Row:
     max_param_diff: float | None = None
     note: str = ""
 
-    def steady_s(self) -> float:
-        """Seconds of the last round (warm: every compilation done)."""
-        return self.rounds[-1]
+    def median_s(self) -> float:
+        """Median seconds per timed round."""
+        return float(np.median(self.rounds))
+
+    def min_s(self) -> float:
+        """Fastest timed round's seconds."""
+        return float(np.min(self.rounds))
+
+    def spread(self) -> float:
+        """(max − min) / median of the timed rounds' seconds."""
+        return float((np.max(self.rounds) - np.min(self.rounds)) / self.median_s())
+
+    def summary(self, examples: int, ref: Row) -> dict[str, float]:
+        """The derived figures (JSON): medians, mins, spread, examples/s, ratios to ``ref``."""
+        return {"median_s": self.median_s(), "min_s": self.min_s(), "spread": self.spread(),
+                "examples_per_s": examples / self.median_s(),
+                "vs_ref_median": self.median_s() / ref.median_s(),
+                "vs_ref_min": self.min_s() / ref.min_s()}
 
 
 def host(tree: PyTree) -> PyTree:
@@ -185,12 +218,13 @@ class EngineRow:
             self.call = self.call.lower(*args).compile()
             row.compile_s = time.perf_counter() - tic
 
-    def round(self, t: int) -> None:
+    def round(self, t: int) -> float:
+        """Round t; returns its seconds (the losses and stage seconds go to the row)."""
         tic = time.perf_counter()
         self.state, out = self.call(self.state, self.x, self.y, self.inputs, jnp.int32(t),
                                     self.root)
         jax.block_until_ready((self.state, out))
-        self.row.rounds.append(time.perf_counter() - tic)
+        seconds = time.perf_counter() - tic
         if "stage" in out.seconds:
             self.row.stage_s.append(out.seconds["stage"])
         m = out.metrics
@@ -198,6 +232,7 @@ class EngineRow:
         self.row.losses.append(mean_loss(np.asarray(m["train_loss"])[: self.m], steps))
         if "compiled_steps" in m:
             self.row.useful_share = float(steps.sum() / max(np.sum(m["compiled_steps"]), 1))
+        return seconds
 
     def params(self) -> PyTree:
         glob = self.alg.global_params
@@ -229,7 +264,8 @@ class NaiveRow:
 
         self.step, self.b = step, b
 
-    def round(self, t: int) -> None:
+    def round(self, t: int) -> float:
+        """Round t; returns its seconds (the loss goes to the row)."""
         b, total = self.b, sum(len(p) for p in self.parts)
         tic = time.perf_counter()
         acc = jax.tree.map(jnp.zeros_like, self.params)
@@ -246,8 +282,9 @@ class NaiveRow:
             losses.append(float(loss_sum) / max(steps, 1))
             counts.append(steps)
         self.params = jax.block_until_ready(acc)
-        self.row.rounds.append(time.perf_counter() - tic)
+        seconds = time.perf_counter() - tic
         self.row.losses.append(mean_loss(losses, counts))
+        return seconds
 
     def params_host(self) -> PyTree:
         return host(self.params)
@@ -328,7 +365,8 @@ class TorchRow:
         yield from self.torch.utils.data.DataLoader(
             data, batch_size=self.cfg.batch_size, shuffle=True, generator=self.gen)
 
-    def round(self, t: int) -> None:
+    def round(self, t: int) -> float:
+        """Round t; returns its seconds (the loss goes to the row)."""
         torch = self.torch
         total = sum(len(p) for p in self.parts)
         tic = time.perf_counter()
@@ -352,8 +390,9 @@ class TorchRow:
             losses.append(float(loss_sum) / max(steps, 1))
             counts.append(steps)
         self.net.load_state_dict(acc)
-        self.row.rounds.append(time.perf_counter() - tic)
+        seconds = time.perf_counter() - tic
         self.row.losses.append(mean_loss(losses, counts))
+        return seconds
 
     def params_host(self) -> PyTree:
         return torch_to_flax(self.net.state_dict(), self.like, self.model)
@@ -369,7 +408,8 @@ def strategy_of(name: str, args: argparse.Namespace, buckets: int) -> Strategy:
                     exec=ExecOptions(unroll=1, step_block=block))
 
 
-def algorithm_of(name: str, model: Model, args: argparse.Namespace) -> Algorithm:
+def algorithm_of(name: str, model: Model, args: argparse.Namespace,
+                 dataset: Any = None) -> Algorithm:
     lr, b = args.lr, args.batch_size
     if name.startswith("per_fedavg"):
         variant = "fo" if name.endswith("_fo") else "hf"
@@ -380,7 +420,18 @@ def algorithm_of(name: str, model: Model, args: argparse.Namespace) -> Algorithm
     if name == "fedala":
         return fedala(model, FedALAConfig(client_lr=lr, batch_size=b, local_epochs=args.epochs,
                                           drop_last=True))
-    raise DataError(f"--algorithms: unknown {name!r}; use {', '.join(ALGORITHMS)}")
+    path = os.path.join(_ROOT, "experiments", f"{name}.py")
+    if not name.isidentifier() or not os.path.exists(path):
+        raise DataError(f"--algorithms: unknown {name!r}; use {', '.join(ALGORITHMS)} or the "
+                        "name of an experiment script (fedprox, ditto, fedrep, pfedme, ...)")
+    spec = importlib.util.spec_from_file_location(f"_bench_script_{name}", path)
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = mod
+    spec.loader.exec_module(mod)
+    preset = "pfllib" if "pfllib" in mod.CLI.presets else mod.CLI.default_preset
+    parsed = mod.CLI.parse(["--preset", preset, "--no-progress", "--lr", str(lr),
+                            "--batch-size", str(b), "--local-epochs", str(args.epochs)])
+    return mod.CLI.build(parsed, model, dataset)
 
 
 def param_diff(a: PyTree, b: PyTree) -> float:
@@ -388,42 +439,89 @@ def param_diff(a: PyTree, b: PyTree) -> float:
                for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
 
 
-def run_rows(builders: Sequence[tuple[Row, str, Callable[[], Any]]], rounds: int,
-             log: Callable[[str], None]) -> list[tuple[Row, Any]]:
-    """Build and run each row in turn, all its rounds, under its ``JAXPFL_CONV`` setting
-    (compiled programs are cleared between rows: the formulation is read at trace time)."""
+Order = list[tuple[str, int]]
+
+
+def run_interleaved(builders: Sequence[tuple[Row, str, Callable[[], Any]]], rounds: int,
+                    log: Callable[[str], None], order: Order | None = None
+                    ) -> list[tuple[Row, Any]]:
+    """Build every row and run its round 0 (the warm-up: compilations), each under its own
+    ``JAXPFL_CONV``; then time rounds 1..``rounds`` interleaved: round t of every row in turn
+    before round t + 1 of any (A, B, C, A, B, C, ...). Each runner keeps its own state, so a
+    row's parameters after N rounds do not depend on the order. ``order`` (if given) receives
+    (label, round) in the order run.
+
+    The formulation is read at trace time, and every row traces programs of its own: the jitted
+    strategies compile ahead of time in their builder, the eager ``sequential`` blocks are
+    cached per step function (one per algorithm object, i.e. per row), the naive row jits its
+    own step. So the compilation caches are cleared once before the builds, not between rows:
+    clearing them would drop the earlier rows' eager programs and recompile them inside the
+    timed rounds. (A later row's first round may thus skip a compilation of a small shared
+    helper that an earlier row already paid.) The variable is set again before every round,
+    so a row that traces anew later still gets its own formulation."""
+    jax.clear_caches()
     built = []
     for row, conv, make in builders:
         os.environ["JAXPFL_CONV"] = conv
-        jax.clear_caches()
         if row.kind in ENGINE or row.kind == "naive":
             row.note = (row.note + " " if row.note else "") + f"conv {conv_impl()}"
         runner = make()
         if row.compile_s is not None:
             log(f"  {row.label}: compiled in {row.compile_s:.1f} s")
-        for t in range(rounds):
-            runner.round(t)
-            stage = f", stage {row.stage_s[-1]:.2f} s" if row.stage_s else ""
-            log(f"  {row.label}: round {t}: {row.rounds[-1]:.2f} s{stage}, "
-                f"loss {row.losses[-1]:.4f}")
-        built.append((row, runner))
+        row.first_round_s = runner.round(0)
+        if order is not None:
+            order.append((row.label, 0))
+        log(_round_line(row, 0, row.first_round_s) + " (warm-up)")
+        built.append((row, conv, runner))
+    for t in range(1, rounds + 1):
+        for row, conv, runner in built:
+            os.environ["JAXPFL_CONV"] = conv
+            row.rounds.append(runner.round(t))
+            if order is not None:
+                order.append((row.label, t))
+            log(_round_line(row, t, row.rounds[-1]))
     os.environ["JAXPFL_CONV"] = "auto"
     jax.clear_caches()
-    return built
+    return [(row, runner) for row, _, runner in built]
 
 
-def table(rows: Sequence[Row], examples: int, ref: Row | None) -> str:
-    out = ["| row | compile s | first round s | round s | examples/s | vs naive | loss | "
-           "max abs Δparams | useful steps | note |", "|" + "---|" * 10]
-    naive = next((r for r in rows if r.kind == "naive"), None)
+def _round_line(row: Row, t: int, seconds: float) -> str:
+    stage = f", stage {row.stage_s[-1]:.2f} s" if row.stage_s else ""
+    return f"  {row.label}: round {t}: {seconds:.2f} s{stage}, loss {row.losses[-1]:.4f}"
+
+
+def _pct(x: float) -> str:
+    return f"{100 * x:.1f}%"
+
+
+def table(rows: Sequence[Row], examples: int, ref: Row) -> str:
+    out = ["| row | compile s | first round s | median round s | min round s | spread | "
+           "examples/s | ÷ ref (median) | ÷ ref (min) | loss | max abs Δparams | "
+           "useful steps | note |", "|" + "---|" * 13]
     for r in rows:
-        vs = f"{naive.steady_s() / r.steady_s():.2f}x" if naive else ""
         diff = "" if r.max_param_diff is None else f"{r.max_param_diff:.1e}"
         share = "" if r.useful_share is None else f"{100 * r.useful_share:.0f}%"
         comp = "" if r.compile_s is None else f"{r.compile_s:.1f}"
-        out.append(f"| {r.label} | {comp} | {r.rounds[0]:.2f} | {r.steady_s():.2f} | "
-                   f"{examples / r.steady_s():,.0f} | {vs} | {r.losses[-1]:.4f} | {diff} | "
-                   f"{share} | {r.note} |")
+        out.append(f"| {r.label} | {comp} | {r.first_round_s:.2f} | {r.median_s():.2f} | "
+                   f"{r.min_s():.2f} | {_pct(r.spread())} | {examples / r.median_s():,.0f} | "
+                   f"{r.median_s() / ref.median_s():.2f}x | {r.min_s() / ref.min_s():.2f}x | "
+                   f"{r.losses[-1]:.4f} | {diff} | {share} | {r.note} |")
+    return "\n".join(out)
+
+
+def alg_table(rows: Sequence[Row], base: Row) -> str:
+    out = ["| algorithm | first round s | median round s | min round s | spread | "
+           "÷ FedAvg (median) | ÷ FedAvg (min) | stage s (round 0 / median timed) | "
+           "stage share |", "|" + "---|" * 9]
+    for r in rows:
+        st = share = ""
+        if r.stage_s:
+            timed = float(np.median(r.stage_s[1:])) if len(r.stage_s) > 1 else r.stage_s[0]
+            st, share = f"{r.stage_s[0]:.2f} / {timed:.2f}", f"{100 * timed / r.median_s():.0f}%"
+        out.append(f"| {r.label} | {r.first_round_s:.2f} | {r.median_s():.2f} | "
+                   f"{r.min_s():.2f} | {_pct(r.spread())} | "
+                   f"{r.median_s() / base.median_s():.2f}x | {r.min_s() / base.min_s():.2f}x | "
+                   f"{st} | {share} |")
     return "\n".join(out)
 
 
@@ -445,7 +543,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--no-naive", action="store_true", help="leave the naive row out")
     p.add_argument("--torch", action="store_true", help="add the torch and torch_loader rows")
     p.add_argument("--algorithms", default="", help=f"comma list of {', '.join(ALGORITHMS)}")
-    p.add_argument("--rounds", type=int, default=2, help="rounds per row")
+    p.add_argument("--rounds", type=int, default=3,
+                   help="timed rounds per row, after an untimed warm-up round 0 (interleaved)")
     p.add_argument("--eval-repeats", type=int, default=2, help="timed evaluations")
     p.add_argument("--batch-size", type=int, default=10)
     p.add_argument("--epochs", type=int, default=1)
@@ -454,6 +553,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--cpu-devices", type=int, default=1, help="fake CPU devices (sharded)")
     p.add_argument("--out", help="JSON file")
     args = p.parse_args(argv)
+    if args.rounds < 1:
+        p.error("--rounds: at least 1 timed round")
     if args.quick:
         args.clients, args.rounds = min(args.clients, 4), min(args.rounds, 2)
     return args
@@ -498,16 +599,22 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
             row = Row("torch_loader" if loader else "torch", "torch")
             builders.append((row, "auto", lambda row=row, loader=loader: TorchRow(
                 row, model, ds, params0, cfg, root, loader, args.seed)))
-    built = run_rows(builders, args.rounds, log)
+    order: Order = []
+    built = run_interleaved(builders, args.rounds, log, order)
     ref_row, ref = next(((r, x) for r, x in built if r.kind in ENGINE), built[0])
     ref_params = ref.params() if isinstance(ref, EngineRow) else ref.params_host()
     for r, x in built:
         p = x.params() if isinstance(x, EngineRow) else x.params_host()
         if r is not ref_row and r.label != "torch_loader":
             r.max_param_diff = param_diff(p, ref_params)
+    total = args.rounds + 1
     print(f"\nFedAvg, {args.model}, B {args.batch_size}, E {args.epochs}, {args.clients} clients "
-          f"per round, {examples:,} examples; round s = round {args.rounds - 1}; Δparams vs "
-          f"{ref_row.label} after {args.rounds} rounds (torch_loader: its own batch order)\n")
+          f"per round, {examples:,} examples.\nRows interleaved round by round: {args.rounds} "
+          f"timed rounds per row after its warm-up round 0 (first round s); spread = (max − "
+          f"min) / median; examples/s from the median;\n÷ ref = seconds relative to "
+          f"{ref_row.label}'s (> 1: slower), from the medians and from the mins; loss of round "
+          f"{args.rounds}; Δparams vs {ref_row.label} after {total} rounds (torch_loader: its "
+          f"own batch order)\n")
     rows = [r for r, _ in built]
     print(table(rows, examples, ref_row))
 
@@ -521,23 +628,18 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
             row = Row(name, first)
 
             def make_alg(row=row, name=name):
-                alg = fedavg(model, cfg) if name == "fedavg" else algorithm_of(name, model, args)
+                alg = (fedavg(model, cfg) if name == "fedavg"
+                       else algorithm_of(name, model, args, ds))
                 return EngineRow(row, alg, strat, ds, params0, root, pool)
 
             alg_builders.append((row, convs[0], make_alg))
         log(f"algorithms on {first}")
-        alg_rows = [r for r, _ in run_rows(alg_builders, args.rounds, log)]
-        base = alg_rows[0].steady_s()
-        print(f"\nAlgorithms on {first} (same clients and batch size; round s = round "
-              f"{args.rounds - 1}; FedALA's stage = ALA on every client, round 0 = start "
-              f"phase)\n")
-        print("| algorithm | first round s | round s | vs FedAvg round | stage s (round 0 / "
-              "last) | stage share |\n|---|---|---|---|---|---|")
-        for r in alg_rows:
-            st = f"{r.stage_s[0]:.2f} / {r.stage_s[-1]:.2f}" if r.stage_s else ""
-            share = f"{100 * r.stage_s[-1] / r.steady_s():.0f}%" if r.stage_s else ""
-            print(f"| {r.label} | {r.rounds[0]:.2f} | {r.steady_s():.2f} | "
-                  f"{r.steady_s() / base:.2f}x | {st} | {share} |")
+        alg_rows = [r for r, _ in run_interleaved(alg_builders, args.rounds, log, order)]
+        print(f"\nAlgorithms on {first} (same clients and batch size; interleaved with FedAvg "
+              f"round by round, {args.rounds} timed rounds per row after its warm-up round 0; "
+              f"÷ FedAvg = seconds relative to FedAvg's (> 1: slower) from the medians and "
+              f"from the mins; FedALA's stage = ALA on every client, round 0 = start phase)\n")
+        print(alg_table(alg_rows, alg_rows[0]))
 
     test = [np.asarray(ds.test[int(k)]) for k in ds.train_clients]
     w = jax.tree.map(jnp.asarray, ref_params)
@@ -556,9 +658,11 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         "split": split,
         "examples_per_round": examples,
         "machine": machine(),
-        "rows": [dataclasses.asdict(r) | {"examples_per_s": examples / r.steady_s()}
-                 for r in rows],
-        "algorithms": [dataclasses.asdict(r) for r in alg_rows],
+        "timing": {"interleaved": True, "timed_rounds": args.rounds, "warmup_rounds": 1,
+                   "ref": ref_row.label, "order": order},
+        "rows": [dataclasses.asdict(r) | r.summary(examples, ref_row) for r in rows],
+        "algorithms": [dataclasses.asdict(r) | r.summary(examples, alg_rows[0])
+                       for r in alg_rows],
         "evaluation": {"examples": n_test, "seconds": min(times)},
     }
     if args.out:
