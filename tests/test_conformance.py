@@ -6,8 +6,8 @@ here by adding its files, without an edit of this test.
 
 For each algorithm (each phase of a multi-phase one): the state's models have the
 parameters' shapes (global, and personal models stacked over the K clients), one round on a
-sampled subset gives the same global model, personal models and client state under ``vmap``,
-``sequential`` and ``sharded``, everything the NaN guard checks is finite, and the evaluation
+sampled subset gives the same global model, personal models and client state under ``vmap``
+and ``sequential`` (each algorithm's own tests add ``sharded``), everything the NaN guard checks is finite, and the evaluation
 ``jaxpfl.experiment`` builds from the algorithm gives accuracies in [0, 1] for every
 evaluated client."""
 
@@ -101,8 +101,9 @@ def test_algorithm_conformance(script):
         for pname, stack in _personal_models(alg, state).items():
             got = [np.shape(a) for a in jax.tree.leaves(stack)]
             assert got == [(ds.num_clients, *s) for s in shapes], (name, pname)
-        runs = {s: _one_round(alg, Strategy(s)) for s in ("sequential", "vmap", "sharded")}
-        (ref, out), others = runs["sequential"], [runs["vmap"], runs["sharded"]]
+        # vmap == sequential here; every algorithm's own test file adds sharded (and chunked)
+        runs = {s: _one_round(alg, Strategy(s)) for s in ("sequential", "vmap")}
+        (ref, out), others = runs["sequential"], [runs["vmap"]]
         assert all(np.isfinite(a).all() for a in jax.tree.leaves(alg.check_tree(ref))), name
         for got, _ in others:
             jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=2e-5, atol=2e-6),
