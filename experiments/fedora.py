@@ -151,6 +151,12 @@ HEADLINE = Headline(
 CURVES = ("client_pulled", "client_lambda", "val_received_acc_mean", "received_acc_mean",
           "val_pers_acc_mean", "pers_acc_mean")
 
+#: The reference repository's baseline and FedAvg, run on the same data with the same seeds.
+BASELINES_SAME_DATA = (
+    Baseline("local-only", flags=("--baseline", "local")),
+    Baseline("FedAvg", flags=("--baseline", "fedavg")),
+)
+
 #: The presets (docs/algorithms.md §6.4-6.5, §9). Costs: nice -n 5 on a busy shared 2-core CPU.
 PRESETS: tuple[Preset, ...] = (
     Preset(
@@ -166,6 +172,7 @@ PRESETS: tuple[Preset, ...] = (
         smoke=dict(num_clients=4, n_train=16, n_val=8, n_test=8, rounds=2, eval_every=1),
         headline=HEADLINE,
         curves=CURVES,
+        baselines=BASELINES_SAME_DATA,
     ),
     Preset(
         name="rotated_fmnist",
@@ -186,10 +193,7 @@ PRESETS: tuple[Preset, ...] = (
         smoke=dict(num_clients=4, n_train=16, n_val=8, n_test=8, rounds=2, eval_every=1),
         headline=HEADLINE,
         curves=CURVES,
-        baselines=(
-            Baseline("local-only", flags=("--baseline", "local")),
-            Baseline("FedAvg", flags=("--baseline", "fedavg")),
-        ),
+        baselines=BASELINES_SAME_DATA,
         data="Fashion-MNIST IDX files (apt-get install dataset-fashion-mnist, or --data-dir)",
     ),
     Preset(

@@ -7,9 +7,9 @@ here by adding its files, without an edit of this test.
 For each algorithm (each phase of a multi-phase one): the state's models have the
 parameters' shapes (global, and personal models stacked over the K clients), one round on a
 sampled subset gives the same global model, personal models and client state under ``vmap``
-and ``sequential`` (each algorithm's own tests add ``sharded``), everything the NaN guard checks is finite, and the evaluation
-``jaxpfl.experiment`` builds from the algorithm gives accuracies in [0, 1] for every
-evaluated client."""
+and ``sequential`` (each algorithm's own tests add ``sharded``), everything the NaN guard
+checks is finite, and the evaluation ``jaxpfl.experiment`` builds from the algorithm gives
+accuracies in [0, 1] for every evaluated client."""
 
 from __future__ import annotations
 
