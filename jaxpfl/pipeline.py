@@ -45,6 +45,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxpfl import distributed
 from jaxpfl.core import (
     Algorithm,
     ClientEvaluator,
@@ -305,7 +306,7 @@ def experiment(
     final = {**result["history"][-1], "wall_seconds": time.perf_counter() - tic,
              "train_seconds": result["summary"]["train_seconds"]}
     result["final"] = final
-    if config.out:
+    if config.out and distributed.is_main():  # one writer when several processes run
         keys = [k for k in accuracy_keys(result["summary"]) if not k.startswith("val_")]
         plot_curves(result["history"], keys, os.path.join(config.out, "accuracy.png"),
                     title=title or f"{last.name} on {dataset.name}")
