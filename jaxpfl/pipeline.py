@@ -22,8 +22,8 @@ The evaluation is built from what the :class:`~jaxpfl.core.Algorithm` declares
 * otherwise, on every training client's test split (and validation split when every client
   has one, ``val_*``): the global model ``global_params`` as ``*`` (``init_*`` when the
   algorithm also has personal models) and the central test set as ``central_*`` when the
-  data has one; each per-client model of ``personal_params`` as ``pers_*`` (a dict of several
-  as ``<name>_*``).
+  data has one; each per-client model of ``personal_params`` as ``pers_*`` (several,
+  ``PersonalModels(pers=..., received=...)``, as ``<name>_*``).
 
 Intermediate evaluations of a ``personalize`` evaluator may sample ``n_eval_clients``
 clients (``subsampled``, left out of ``best``); the final one uses all. Files written in
