@@ -677,15 +677,12 @@ class Sampling:
             )
 
     def per_round(self, num_train: int) -> int:
-        """M for ``num_train`` training clients (an error when the count exceeds them)."""
-        if self.clients is not None:
-            if self.clients > num_train:
-                raise ConfigError(
-                    f"--clients {self.clients} per round, but the data has {num_train} "
-                    "training clients; lower --clients (or raise --num-clients)"
-                )
-            return int(self.clients)
-        return max(1, math.floor(float(self.participation) * num_train))
+        """M for ``num_train`` training clients: the driver's rule
+        (``jaxpfl.run.clients_per_round``; an error when the count exceeds them)."""
+        from jaxpfl.run import clients_per_round
+
+        spec = self.clients if self.clients is not None else float(self.participation)
+        return clients_per_round(spec, num_train)
 
 
 @dataclasses.dataclass(frozen=True)

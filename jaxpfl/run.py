@@ -122,8 +122,8 @@ def clients_per_round(spec: int | float, num: int) -> int:
     m = int(spec)
     if m < 1 or m > num:
         raise ConfigError(
-            f"clients per round {m} is not in [1, {num}] (the number of training clients); "
-            "lower --clients"
+            f"--clients {m} per round, but the data has {num} training clients; use 1 to "
+            f"{num} (lower --clients or raise --num-clients)"
         )
     return m
 
