@@ -39,7 +39,8 @@ import typing
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
-from jaxpfl.core.engine import CLIENT_STATES, POOL_LAYOUTS, STRATEGIES
+from jaxpfl.core.engine import CLIENT_STATES, POOL_LAYOUTS, STRATEGIES, Strategy
+from jaxpfl.core.train import ExecOptions
 from jaxpfl.data.federate import PARTITIONS, POOLS
 from jaxpfl.errors import ConfigError, JaxpflError
 
@@ -687,7 +688,9 @@ class Sampling:
 
 @dataclasses.dataclass(frozen=True)
 class StrategyArgs:
-    """How clients are mapped onto the device; never what is computed.
+    """How clients are mapped onto the device; never what is computed. The one dataclass the
+    engine's ``Strategy`` (and its ``ExecOptions``) is built from (:func:`strategy_from_args`):
+    its defaults are theirs, none meaning the backend's default (``default_strategy``).
 
     Attributes:
       strategy: vmap, chunked, sequential or sharded (none: the fastest measured for the
@@ -709,14 +712,14 @@ class StrategyArgs:
     strategy: str | None = dataclasses.field(
         default=None, metadata={**NO_EFFECT, "choices": tuple(STRATEGIES)}
     )
-    chunk_size: int = dataclasses.field(default=8, metadata=NO_EFFECT)
+    chunk_size: int = dataclasses.field(default=Strategy.chunk_size, metadata=NO_EFFECT)
     step_block: int | None = dataclasses.field(default=None, metadata=NO_EFFECT)
-    unroll: int = dataclasses.field(default=1, metadata=NO_EFFECT)
+    unroll: int = dataclasses.field(default=ExecOptions.unroll, metadata=NO_EFFECT)
     client_state: str = dataclasses.field(
-        default="auto", metadata={**NO_EFFECT, "choices": tuple(CLIENT_STATES)}
+        default=Strategy.client_state, metadata={**NO_EFFECT, "choices": tuple(CLIENT_STATES)}
     )
     pool_layout: str = dataclasses.field(
-        default="replicated", metadata={**NO_EFFECT, "choices": tuple(POOL_LAYOUTS)}
+        default=Strategy.pool_layout, metadata={**NO_EFFECT, "choices": tuple(POOL_LAYOUTS)}
     )
     buckets: int | None = dataclasses.field(default=None, metadata=NO_EFFECT)
 
@@ -729,8 +732,7 @@ class StrategyArgs:
 
 def strategy_from_args(args: StrategyArgs) -> Any:
     """The engine's ``Strategy`` for ``args`` (the backend's default where none is given)."""
-    from jaxpfl.core.engine import Strategy, default_strategy
-    from jaxpfl.core.train import ExecOptions
+    from jaxpfl.core.engine import default_strategy
 
     base = default_strategy()
     name = args.strategy or base.name
