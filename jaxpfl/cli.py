@@ -41,7 +41,7 @@ from typing import Any
 
 from jaxpfl.core.engine import CLIENT_STATES, POOL_LAYOUTS, STRATEGIES, Strategy
 from jaxpfl.core.train import ExecOptions
-from jaxpfl.data.federate import PARTITIONS, POOLS
+from jaxpfl.data.federate import PARTITIONS, POOLS, federate
 from jaxpfl.errors import ConfigError, JaxpflError
 
 __all__ = [
@@ -492,11 +492,23 @@ def prepare_dir(path: str, flag: str = "--out") -> str:
 # ------------------------------------------------------------------- shared configs
 
 
+#: DataConfig fields that ``federate`` names otherwise (the bare names are other sections').
+FEDERATE_NAMES: Mapping[str, str] = types.MappingProxyType(
+    {"partition_seed": "seed", "partition_batch_size": "batch_size"}
+)
+
+
+def _federate_default(field: str) -> Any:
+    """The default of ``federate``'s argument for DataConfig field ``field``."""
+    return inspect.signature(federate).parameters[FEDERATE_NAMES.get(field, field)].default
+
+
 @dataclasses.dataclass(frozen=True)
 class DataConfig:
-    """What the clients hold: a source partitioned by ``jaxpfl.data.federate.federate`` (the
-    same argument names; ``partition_seed`` is its ``seed``, ``partition_batch_size`` its
-    ``batch_size``), or a saved split replayed exactly with ``partition_file``.
+    """What the clients hold: a source partitioned by ``jaxpfl.data.federate.federate`` (its
+    arguments, with its defaults; ``partition_seed`` is its ``seed``, ``partition_batch_size``
+    its ``batch_size``: :data:`FEDERATE_NAMES`), or a saved split replayed exactly with
+    ``partition_file``.
 
     Attributes:
       dataset: data source: mnist_embedded (shipped, no download), mnist, fashion_mnist (IDX
@@ -542,25 +554,27 @@ class DataConfig:
         default=None, metadata={**NO_EFFECT, "source": True}
     )
     partition: str = dataclasses.field(default="dirichlet", metadata={"choices": tuple(PARTITIONS)})
-    num_clients: int | None = None
-    alpha: float = 0.1
-    shards_per_client: int = 2
-    num_shards: int | None = None
-    shard_size: int | None = None
-    class_per_client: int = 2
-    balance: bool | None = None
-    train_frac: float = 0.75
-    val_frac: float = 0.0
-    holdout_frac: float = 0.0
-    n_eval: int | None = None
-    partition_seed: int | None = None
-    holdout_seed: int | None = None
-    pool: str = dataclasses.field(default="concat", metadata={"choices": tuple(POOLS)})
-    min_size: int = 10
-    min_samples: int = 1
-    max_tries: int | None = None
-    partition_batch_size: int = 10
-    allow_empty: bool = False
+    # every other default is federate's own (one definition: _federate_default)
+    num_clients: int | None = _federate_default("num_clients")
+    alpha: float = _federate_default("alpha")
+    shards_per_client: int = _federate_default("shards_per_client")
+    num_shards: int | None = _federate_default("num_shards")
+    shard_size: int | None = _federate_default("shard_size")
+    class_per_client: int = _federate_default("class_per_client")
+    balance: bool | None = _federate_default("balance")
+    train_frac: float = _federate_default("train_frac")
+    val_frac: float = _federate_default("val_frac")
+    holdout_frac: float = _federate_default("holdout_frac")
+    n_eval: int | None = _federate_default("n_eval")
+    partition_seed: int | None = _federate_default("partition_seed")
+    holdout_seed: int | None = _federate_default("holdout_seed")
+    pool: str = dataclasses.field(default=_federate_default("pool"),
+                                  metadata={"choices": tuple(POOLS)})
+    min_size: int = _federate_default("min_size")
+    min_samples: int = _federate_default("min_samples")
+    max_tries: int | None = _federate_default("max_tries")
+    partition_batch_size: int = _federate_default("partition_batch_size")
+    allow_empty: bool = _federate_default("allow_empty")
 
     def __post_init__(self):
         def at_least(name: str, lo: int, none_ok: bool = True, note: str = "") -> None:
@@ -615,32 +629,11 @@ def load_dataset(cfg: DataConfig, raw: Any = None) -> Any:
         return load_partition(cfg.partition_file, raw)
     from jaxpfl.data.federate import federate
 
-    k = cfg.num_clients
-    if k is None and cfg.partition != "natural":
-        k = DEFAULT_NUM_CLIENTS
-    return federate(
-        raw,
-        cfg.partition,
-        k,
-        alpha=cfg.alpha,
-        shards_per_client=cfg.shards_per_client,
-        num_shards=cfg.num_shards,
-        shard_size=cfg.shard_size,
-        class_per_client=cfg.class_per_client,
-        balance=cfg.balance,
-        train_frac=cfg.train_frac,
-        val_frac=cfg.val_frac,
-        holdout_frac=cfg.holdout_frac,
-        n_eval=cfg.n_eval,
-        seed=cfg.partition_seed,
-        holdout_seed=cfg.holdout_seed,
-        pool=cfg.pool,
-        min_size=cfg.min_size,
-        min_samples=cfg.min_samples,
-        max_tries=cfg.max_tries,
-        batch_size=cfg.partition_batch_size,
-        allow_empty=cfg.allow_empty,
-    )
+    kw = {FEDERATE_NAMES.get(f.name, f.name): getattr(cfg, f.name)
+          for f in dataclasses.fields(cfg) if not f.metadata.get("source")}
+    if kw["num_clients"] is None and cfg.partition != "natural":
+        kw["num_clients"] = DEFAULT_NUM_CLIENTS
+    return federate(raw, **kw)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -516,3 +516,20 @@ def test_format_value_and_namespace_builder():
     ns = argparse.Namespace(clients=3, participation=None)
     assert cli.config_from_args(Sampling, ns) == Sampling(clients=3)
     np.testing.assert_equal(Sampling(participation=0.25).per_round(10), 2)
+
+
+def test_data_flags_are_federates_arguments_with_its_defaults():
+    """DataConfig is federate's arguments (one definition of each default): every argument but
+    the raw data is a field (renamed per cli.FEDERATE_NAMES), with federate's own default."""
+    import inspect
+
+    from jaxpfl.data.federate import federate
+
+    params = dict(inspect.signature(federate).parameters)
+    params.pop("raw")
+    fields = {f.name: f for f in dataclasses.fields(DataConfig) if not f.metadata.get("source")}
+    assert {cli.FEDERATE_NAMES.get(n, n) for n in fields} == set(params)
+    for name, f in fields.items():
+        want = params[cli.FEDERATE_NAMES.get(name, name)].default
+        if want is not inspect.Parameter.empty:  # partition: positional, the CLI picks dirichlet
+            assert f.default == want, name
