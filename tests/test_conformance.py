@@ -32,6 +32,7 @@ from jaxpfl.core import (
     round_inputs,
     stage_groups,
 )
+from jaxpfl.core.train import _block
 from jaxpfl.data.dataset import ClientIndex
 from jaxpfl.pipeline import _personal_models, evaluation
 
@@ -103,6 +104,11 @@ def test_algorithm_conformance(script):
             assert got == [(ds.num_clients, *s) for s in shapes], (name, pname)
         # vmap == sequential here; every algorithm's own test file adds sharded (and chunked)
         runs = {s: _one_round(alg, Strategy(s)) for s in ("sequential", "vmap")}
+        # a second eager round compiles no step block again (the engine keys step functions
+        # by code and captured values, whatever objects the client update creates)
+        compiled = _block._cache_size()
+        _one_round(alg, Strategy("sequential"))
+        assert _block._cache_size() == compiled, name
         (ref, out), others = runs["sequential"], [runs["vmap"]]
         assert all(np.isfinite(a).all() for a in jax.tree.leaves(alg.check_tree(ref))), name
         for got, _ in others:

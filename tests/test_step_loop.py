@@ -142,3 +142,50 @@ def test_empty_client_costs_no_iterations_under_the_stop_loop():
                                                  jax.random.key(0), stop=_stop))(data, sched)
         assert int(st.compiled) == want and int(st.steps) == want
         assert bool(st.cap_hit) == (want > 0)
+
+
+def _made_per_call(scale, extra=None):
+    """A step function created anew at every call (as a client update may do), closing over a
+    float and, optionally, an array."""
+
+    def step(carry, consts, batch, key):
+        del consts, key
+        w = batch.valid.astype(jnp.float32)
+        add = jnp.sum(batch.y * w) / jnp.maximum(jnp.sum(w), 1.0)
+        if extra is not None:
+            add = add + extra[0]
+        return carry * scale + add, jnp.float32(0.0)
+
+    return step
+
+
+def test_step_functions_made_per_call_compile_once_and_never_share_a_wrong_compilation():
+    """The eager loop identifies a step function by its code and captured values: the same
+    function re-created per call reuses one compilation (no identity rule for algorithms), and
+    a different captured value (a float, or another array, even one created after the first
+    died) compiles its own and computes its own result (a plain loop is the reference)."""
+    from jaxpfl.core.train import _block
+
+    data, sched = _client(S, ExecOptions(step_block=4))
+
+    def run(fn):
+        out, _ = local_steps(fn, jnp.float32(0.0), None, data, sched, jax.random.key(0))
+        return float(out)
+
+    def reference(scale, add0=0.0):
+        x, ys = 0.0, np.arange(8) % 3
+        for s in range(S):
+            x = x * scale + ys[[(2 * s) % 8, (2 * s + 1) % 8]].mean() + add0
+        return x
+
+    run(_made_per_call(0.5))  # the first compilation of this code
+    before = _block._cache_size()
+    outs = [run(_made_per_call(0.5)) for _ in range(4)]  # four new objects, same values
+    assert _block._cache_size() == before
+    np.testing.assert_allclose(outs, reference(0.5), rtol=1e-6)
+
+    np.testing.assert_allclose(run(_made_per_call(0.25)), reference(0.25), rtol=1e-6)
+    assert _block._cache_size() == before + 1  # another value: its own compilation
+    for v in (1.0, 2.0, 3.0):  # arrays by identity: a new array never reuses a stale constant
+        np.testing.assert_allclose(run(_made_per_call(0.5, jnp.array([v]))),
+                                   reference(0.5, v), rtol=1e-6)

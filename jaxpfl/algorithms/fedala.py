@@ -239,7 +239,6 @@ class _Consts(NamedTuple):
 # An empty sample (n_s = 0, also padding rows) must stop at once, but a step without a valid
 # example is masked and never reaches ``stop`` (the loop would run to the cap): its passes are
 # active no-op steps (one dummy valid slot, ``live`` False) and ``stop`` fires on ``~live``.
-@functools.cache
 def _ala_loop(model, eta: float, paths: tuple[Path, ...], m: int, threshold: float):
     def batch_update(carry, b, consts: _Consts, key):
         weights, last = carry

@@ -20,7 +20,6 @@ is one batch, as in the reference's rotated setting: 64 examples, B 64).
 from __future__ import annotations
 
 import dataclasses
-import functools
 import math
 from collections.abc import Callable
 from typing import Any, NamedTuple
@@ -233,13 +232,12 @@ def validation_loss(model, params: PyTree, data: ClientData, reduction: str, bat
     return total / jnp.maximum(jnp.sum(nonempty), 1.0)
 
 
-@functools.cache
 def local_step(model, config: FedoraConfig):
     """``(step_fn, tx)``: FEDORA's local step for ``local_steps`` with consts = (ŵ_k, λ).
 
     carry (θ, o); ``θ⁺ = θ + tx.update(∇ℓ(θ; b) + wd θ)`` (SGD-momentum, the buffer sees only
     gradients and weight decay), then the pull outside the optimizer at the pre-step weights:
-    ``θ⁺ ← θ⁺ − η λ (θ − ŵ_k)``. Cached: one function object per (model, config).
+    ``θ⁺ ← θ⁺ − η λ (θ − ŵ_k)``.
     """
     tx = client_sgd(config.client_lr, config.client_momentum, config.weight_decay)
     lr = config.client_lr

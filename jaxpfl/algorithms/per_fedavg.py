@@ -17,7 +17,6 @@ stream every round (KT-Per once reused a stale batch).
 from __future__ import annotations
 
 import dataclasses
-import functools
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
@@ -151,7 +150,6 @@ def meta_schedule(config: PerFedAvgConfig, key: jax.Array, n, width: int) -> Sch
     return Schedule(s.positions.reshape(split), s.valid.reshape(split), s.active, s.step_ids)
 
 
-@functools.cache
 def meta_step(model, config: PerFedAvgConfig, loss: Callable = masked_cross_entropy) -> Callable:
     """One meta-step as a step function of ``local_steps``: carry = (θ, Σ ℓ(w̃; D')).
 
@@ -252,14 +250,11 @@ def per_fedavg(
     )
 
 
-@functools.cache
 def personalization_step(
     model, config: PerFedAvgConfig, loss: Callable = masked_cross_entropy
 ) -> Callable:
     """One personalization SGD step (lr α, train mode) on ``loss`` as a step function of
-    ``local_steps``: carry = (θ, optimizer state of ``client_sgd(α)``). Cached, so the same
-    (model, config, loss) always returns the same function object (the eager step loop caches
-    its compilation on it)."""
+    ``local_steps``: carry = (θ, optimizer state of ``client_sgd(α)``)."""
     tx = client_sgd(config.inner_lr)
 
     def step(carry, consts, batch, key):

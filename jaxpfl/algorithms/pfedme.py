@@ -18,7 +18,6 @@ step keys fold 1, so a client trains on exactly FedAvg's batches.
 from __future__ import annotations
 
 import dataclasses
-import functools
 import math
 from typing import Any, NamedTuple
 
@@ -101,7 +100,6 @@ class Message(NamedTuple):
     n: jax.Array
 
 
-@functools.cache
 def moreau_step(model, personal_lr: float, lam: float, inner_steps: int, weight_decay: float,
                 lr: float):
     """One local step of pFedMe for ``local_steps``: carry (w_k, θ), no consts.
@@ -109,8 +107,7 @@ def moreau_step(model, personal_lr: float, lam: float, inner_steps: int, weight_
     K inner steps on the SAME batch b, from the carried θ (PFLlib never resets the model to
     w_k between batches), each θ ← θ − η_p(∇ℓ(θ; b) + λ(θ − w_k) + μθ) with the step key
     folded with i; then w_k ← w_k − ηλ(w_k − θ). The loss it reports is ℓ(θ; b) where the
-    last inner gradient was taken (with K = 0: ℓ(θ; b) of the unchanged θ). Cached: one
-    function object per setting, so the eager path compiles its blocks once.
+    last inner gradient was taken (with K = 0: ℓ(θ; b) of the unchanged θ).
 
     The paper's "solve the inner problem to accuracy ν" is, as in both reference codes, a
     fixed K: a ``fori_loop`` of static length nested in the step loop's scan, so every client

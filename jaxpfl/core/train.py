@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import types
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
@@ -262,8 +263,10 @@ def local_steps(
     strategy) it runs only the active steps, in jitted blocks of ``data.exec.step_block``
     steps (one compiled while loop for all blocks), and checks ``stop`` on the host after each
     block.
-    ``step_fn`` and ``stop`` must be stable functions (created once, not per call) that take
-    every array they need through ``carry``/``consts``, so the eager path can cache them.
+    ``step_fn`` and ``stop`` may be created per call: the eager path compiles a block once per
+    distinct function, where a function is identified by its code and the values it captures
+    (:func:`canonical`), not by the object. Arrays should reach them through
+    ``carry``/``consts``: a function closing over a new array object compiles again.
     """
     num = schedule.num_steps
     block = data.exec.step_block
@@ -286,12 +289,84 @@ def local_steps(
     for start in range(0, len(steps), block):
         chosen = steps[start : start + block]
         rows = _block_rows(host, chosen, block)
-        lp = _block(step_fn, stop, lp, consts, data.x, data.y, rows, key,
+        lp = _block(canonical(step_fn), canonical(stop), lp, consts, data.x, data.y, rows, key,
                     jnp.asarray(len(chosen), jnp.int32), stop is not None)
         ran += len(chosen)
         if stop is not None and bool(lp.stopped):  # the host check, once per block
             break
     return _finish(lp, ran, stop is not None)
+
+
+#: (code, captured values) -> the first function object seen with them (strong references:
+#: the captured objects stay alive, so an ``id`` in a key can never be reused by another).
+_CANONICAL: dict[Any, Callable] = {}
+_CANONICAL_MAX = 1024
+
+
+def canonical(fn: Callable | None) -> Callable | None:
+    """The function object the eager step loop compiles for ``fn``: the first one seen with
+    ``fn``'s code, defaults and captured values (recursively through captured functions,
+    tuples and hashable values; any other object by identity). So a step function created
+    anew per client or per round (``sgd_step(model, optax.sgd(lr))`` in a client update)
+    reuses one compilation, and two that differ in any captured value never share one. This is
+    how the engine, not a cache in each algorithm, keeps the ``sequential`` path from
+    compiling every round."""
+    if fn is None:
+        return None
+    try:
+        key = _fn_key(fn, set())
+    except _Unkeyable:
+        return fn
+    found = _CANONICAL.get(key)
+    if found is None:
+        if len(_CANONICAL) >= _CANONICAL_MAX:  # the oldest goes (a hit's objects stay alive)
+            del _CANONICAL[next(iter(_CANONICAL))]
+        _CANONICAL[key] = found = fn
+    return found
+
+
+class _Unkeyable(Exception):
+    pass
+
+
+def _fn_key(fn: Any, seen: set[int]) -> Any:
+    if not isinstance(fn, types.FunctionType):  # a callable object, a jitted function, ...
+        return _value_key(fn, seen)
+    code = fn.__code__
+    if id(fn) in seen:  # a recursive closure
+        raise _Unkeyable
+    seen = seen | {id(fn)}
+    cells = tuple(_value_key(_contents(c), seen) for c in (fn.__closure__ or ()))
+    return ("fn", code, id(fn.__globals__), _value_key(fn.__defaults__, seen),
+            _value_key(fn.__kwdefaults__ and tuple(sorted(fn.__kwdefaults__.items())), seen),
+            cells)
+
+
+_EMPTY = object()  # an unfilled cell (a name assigned after the function was made)
+
+
+def _contents(cell) -> Any:
+    try:
+        return cell.cell_contents
+    except ValueError:
+        return _EMPTY
+
+
+def _value_key(v: Any, seen: set[int]) -> Any:
+    if isinstance(v, types.FunctionType):
+        return _fn_key(v, seen)
+    if isinstance(v, types.MethodType):
+        return ("method", _value_key(v.__func__, seen), _value_key(v.__self__, seen))
+    if isinstance(v, functools.partial):
+        return ("partial", _value_key(v.func, seen), _value_key(v.args, seen),
+                _value_key(tuple(sorted(v.keywords.items())), seen))
+    if type(v) is tuple or (isinstance(v, tuple) and hasattr(v, "_fields")):
+        return (type(v), tuple(_value_key(e, seen) for e in v))
+    try:
+        hash(v)
+    except TypeError:  # arrays, lists, dicts: the object itself, kept alive by _CANONICAL
+        return ("id", id(v))
+    return (type(v), v)  # hashable: equal values (frozen configs, numbers, modules) match
 
 
 class _BlockRows(NamedTuple):
@@ -357,7 +432,6 @@ def masked_cross_entropy(
     return jnp.sum(ce * w) / jnp.maximum(jnp.sum(w), 1.0)
 
 
-@functools.cache
 def sgd_step(
     model, tx: optax.GradientTransformation, post_update: Callable | None = None
 ) -> StepFn:
@@ -365,7 +439,6 @@ def sgd_step(
 
     carry = (θ, optimizer state). ``θ⁺ = θ + tx.update(∇ℓ(θ; b))``; then, if given,
     ``θ⁺ ← post_update(θ⁺, θ, consts)`` (e.g. FEDORA's pull toward ŵ evaluated at θ).
-    Cached, so the same (model, tx, hook) always returns the same function object.
     """
 
     def step(carry, consts, batch, key):
