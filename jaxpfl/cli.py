@@ -41,7 +41,8 @@ from typing import Any
 
 from jaxpfl.core.engine import CLIENT_STATES, POOL_LAYOUTS, STRATEGIES, Strategy
 from jaxpfl.core.train import ExecOptions
-from jaxpfl.data.federate import PARTITIONS, POOLS, federate
+from jaxpfl.data.dataset import DataError
+from jaxpfl.data.federate import PARTITIONS, POOLS, check_arguments, federate
 from jaxpfl.errors import ConfigError, JaxpflError
 
 __all__ = [
@@ -180,14 +181,16 @@ class FieldSpec:
     affects_results: bool
 
 
-def _attribute_docs(cls: type) -> dict[str, str]:
-    """``{field: text}`` from the ``Attributes:`` block of ``cls``'s own docstring."""
-    doc = inspect.cleandoc(cls.__dict__.get("__doc__") or "")
+def _attribute_docs(cls: Any, block: str = "Attributes") -> dict[str, str]:
+    """``{field: text}`` from the ``Attributes:`` block (or another ``block``) of ``cls``'s
+    own docstring."""
+    own = cls.__dict__.get("__doc__") if isinstance(cls, type) else cls.__doc__
+    doc = inspect.cleandoc(own or "")
     out: dict[str, str] = {}
     inside, name, indent = False, None, None
     for line in doc.splitlines():
         if not inside:
-            inside = line.strip() == "Attributes:"
+            inside = re.match(rf"{block}\b.*:$", line.strip()) is not None
             continue
         if not line.strip():
             name = None
@@ -498,9 +501,20 @@ FEDERATE_NAMES: Mapping[str, str] = types.MappingProxyType(
 )
 
 
-def _federate_default(field: str) -> Any:
-    """The default of ``federate``'s argument for DataConfig field ``field``."""
-    return inspect.signature(federate).parameters[FEDERATE_NAMES.get(field, field)].default
+def _federate_field(field: str, default: Any = dataclasses.MISSING, help: str | None = None,
+                    **metadata: Any) -> Any:
+    """DataConfig field ``field``: ``federate``'s argument, with its default and its text in
+    federate's ``Args:`` (federate's other argument names in it shown as flags)."""
+    name = FEDERATE_NAMES.get(field, field)
+    doc = help or _attribute_docs(federate, "Args")[name]
+    doc = re.sub(r":\w+:`~?([^`]+)`", r"\1", doc).replace("``", "")  # plain text
+    for arg in inspect.signature(federate).parameters:
+        if "_" in arg:
+            flag = "--" + {v: k for k, v in FEDERATE_NAMES.items()}.get(arg, arg).replace("_", "-")
+            doc = re.sub(rf"(?<![\w-]){arg}(?![\w-])", flag, doc)
+    if default is dataclasses.MISSING:
+        default = inspect.signature(federate).parameters[name].default
+    return dataclasses.field(default=default, metadata={"help": doc, **metadata})
 
 
 @dataclasses.dataclass(frozen=True)
@@ -517,35 +531,11 @@ class DataConfig:
       data_dir: folder of the dataset files (none: the source's default)
       partition_file: replay this saved split (an .npz of experiments/partition.py or
         save_partition) instead of partitioning; leave the partition flags out
-      partition: how examples become clients: iid, dirichlet, flower_dirichlet, pfllib_dir
-        (PFLlib exact), shards, pfllib_pat (PFLlib exact), natural (writers)
-      num_clients: total clients K (none: 20, or every writer for natural)
-      alpha: Dirichlet concentration, > 0; smaller = more label skew (dirichlet,
-        flower_dirichlet, pfllib_dir)
-      shards_per_client: shards per client (shards)
-      num_shards: total shards S (shards; none: K x shards-per-client)
-      shard_size: examples per shard (shards; none: N / S)
-      class_per_client: classes per client (pfllib_pat)
-      balance: balancing of the mode (none: its default; dirichlet on, flower and PFLlib off)
-      train_frac: share of each client's examples in its train split, the rest is its test
-        split (PFLlib train_ratio 0.75); also the support share of held-out clients without
-        their own split
-      val_frac: share in [0, 1) of each client's train split moved to its validation split
-        (FEDORA's λ needs one; 0: none)
-      holdout_frac: share of clients held out for evaluation (never trained on)
-      n_eval: number of held-out clients (none: use --holdout-frac)
-      partition_seed: seed of the partition (none: the partition's own; 1 for pfllib_*, as
-        PFLlib, 42 for flower_dirichlet, else 0); independent of --seed
-      holdout_seed: seed of the held-out client draw (none: the partition seed)
-      pool: what is partitioned: concat = train+test (PFLlib), train = the train set (the
-        test set stays a central test set), separate = train set to training clients, test set
-        to held-out clients
-      min_size: smallest allowed client (dirichlet, flower_dirichlet)
-      min_samples: drop writers with fewer examples (natural)
-      max_tries: resampling cap of the Dirichlet modes (none: the mode's default)
-      partition_batch_size: PFLlib's B in least_samples = min(B / (1 - train_frac), N / K / 2)
-        (pfllib_*)
-      allow_empty: accept clients without examples
+
+    Every other field is ``federate``'s argument: its default, its rule
+    (:func:`~jaxpfl.data.federate.check_arguments`) and its text (the flag's help) are
+    federate's; ``num_clients`` says its command-line default (20), ``partition`` has one
+    (federate's is required).
     """
 
     dataset: str = dataclasses.field(default="mnist_embedded", metadata={"source": True})
@@ -553,59 +543,39 @@ class DataConfig:
     partition_file: str | None = dataclasses.field(
         default=None, metadata={**NO_EFFECT, "source": True}
     )
-    partition: str = dataclasses.field(default="dirichlet", metadata={"choices": tuple(PARTITIONS)})
-    # every other default is federate's own (one definition: _federate_default)
-    num_clients: int | None = _federate_default("num_clients")
-    alpha: float = _federate_default("alpha")
-    shards_per_client: int = _federate_default("shards_per_client")
-    num_shards: int | None = _federate_default("num_shards")
-    shard_size: int | None = _federate_default("shard_size")
-    class_per_client: int = _federate_default("class_per_client")
-    balance: bool | None = _federate_default("balance")
-    train_frac: float = _federate_default("train_frac")
-    val_frac: float = _federate_default("val_frac")
-    holdout_frac: float = _federate_default("holdout_frac")
-    n_eval: int | None = _federate_default("n_eval")
-    partition_seed: int | None = _federate_default("partition_seed")
-    holdout_seed: int | None = _federate_default("holdout_seed")
-    pool: str = dataclasses.field(default=_federate_default("pool"),
-                                  metadata={"choices": tuple(POOLS)})
-    min_size: int = _federate_default("min_size")
-    min_samples: int = _federate_default("min_samples")
-    max_tries: int | None = _federate_default("max_tries")
-    partition_batch_size: int = _federate_default("partition_batch_size")
-    allow_empty: bool = _federate_default("allow_empty")
+    partition: str = _federate_field("partition", default="dirichlet", choices=tuple(PARTITIONS))
+    num_clients: int | None = _federate_field(
+        "num_clients", help="total clients K (none: 20, or every writer for natural)")
+    alpha: float = _federate_field("alpha")
+    shards_per_client: int = _federate_field("shards_per_client")
+    num_shards: int | None = _federate_field("num_shards")
+    shard_size: int | None = _federate_field("shard_size")
+    class_per_client: int = _federate_field("class_per_client")
+    balance: bool | None = _federate_field("balance")
+    train_frac: float = _federate_field("train_frac")
+    val_frac: float = _federate_field("val_frac")
+    holdout_frac: float = _federate_field("holdout_frac")
+    n_eval: int | None = _federate_field("n_eval")
+    partition_seed: int | None = _federate_field("partition_seed")
+    holdout_seed: int | None = _federate_field("holdout_seed")
+    pool: str = _federate_field("pool", choices=tuple(POOLS))
+    min_size: int = _federate_field("min_size")
+    min_samples: int = _federate_field("min_samples")
+    max_tries: int | None = _federate_field("max_tries")
+    partition_batch_size: int = _federate_field("partition_batch_size")
+    allow_empty: bool = _federate_field("allow_empty")
 
     def __post_init__(self):
-        def at_least(name: str, lo: int, none_ok: bool = True, note: str = "") -> None:
-            v = getattr(self, name)
-            if v is None and none_ok:
-                return
-            flag = "--" + name.replace("_", "-")
-            if isinstance(v, bool) or not isinstance(v, int):
-                raise ConfigError(f"{flag} must be an integer >= {lo}{note}, got {v!r}")
-            if v < lo:
-                raise ConfigError(f"{flag} must be >= {lo}{note}, got {v!r}")
-
         if not self.dataset:
             raise ConfigError("--dataset must name a data source")
-        at_least("num_clients", 1, note=" (none: every writer for --partition natural)")
-        if not 0 < self.alpha < math.inf:
-            raise ConfigError(f"--alpha must be > 0, got {self.alpha}")
-        if not 0.0 <= self.train_frac <= 1.0:
-            raise ConfigError(f"--train-frac must be in [0, 1], got {self.train_frac}")
-        if not 0.0 <= self.val_frac < 1.0:
-            raise ConfigError(f"--val-frac must be in [0, 1), got {self.val_frac}")
-        if not 0.0 <= self.holdout_frac < 1.0:
-            raise ConfigError(f"--holdout-frac must be in [0, 1), got {self.holdout_frac}")
-        at_least("n_eval", 1, note=" (none: use --holdout-frac)")
-        for name in ("partition_seed", "holdout_seed", "min_size"):
-            at_least(name, 0)
-        for name in ("shards_per_client", "class_per_client", "min_samples"):
-            at_least(name, 1, none_ok=False)
-        for name in ("num_shards", "shard_size", "max_tries"):
-            at_least(name, 1)
-        at_least("partition_batch_size", 1, none_ok=False)
+        # federate's own rules (one definition), checked before any data is loaded
+        from_federate = {v: k for k, v in FEDERATE_NAMES.items()}
+        try:
+            check_arguments(**{FEDERATE_NAMES.get(f.name, f.name): getattr(self, f.name)
+                               for f in dataclasses.fields(self)})
+        except DataError as e:
+            name, rest = str(e).split(" ", 1)
+            raise ConfigError(f"{from_federate.get(name, name)} {rest}") from None
 
 
 #: K when ``--num-clients`` is none and the partition is not ``natural`` (PFLlib's K).

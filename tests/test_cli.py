@@ -533,3 +533,37 @@ def test_data_flags_are_federates_arguments_with_its_defaults():
         want = params[cli.FEDERATE_NAMES.get(name, name)].default
         if want is not inspect.Parameter.empty:  # partition: positional, the CLI picks dirichlet
             assert f.default == want, name
+
+
+@pytest.mark.parametrize("field,bad", [
+    ("alpha", 0.0), ("alpha", -1.0), ("alpha", float("nan")), ("train_frac", 1.5),
+    ("val_frac", 1.0), ("holdout_frac", -0.1), ("n_eval", 0), ("num_clients", 0),
+    ("partition_seed", -1), ("holdout_seed", -2), ("min_size", -1), ("min_samples", 0),
+    ("shards_per_client", 0), ("class_per_client", 0), ("num_shards", 0), ("shard_size", 0),
+    ("max_tries", 0), ("partition_batch_size", 0), ("num_clients", 2.5),
+])
+def test_data_flags_are_checked_by_federates_own_rule(field, bad):
+    """One definition of what the partition accepts: the flag is refused (before any data is
+    loaded) with the message federate itself gives, its argument named as the field."""
+    from jaxpfl.data import DataError
+    from jaxpfl.data.federate import federate
+    from jaxpfl.data.sources import load_raw
+
+    arg = cli.FEDERATE_NAMES.get(field, field)
+    with pytest.raises(DataError) as lib:
+        federate(load_raw("mnist_embedded"), "dirichlet", **{"num_clients": 4, arg: bad})
+    with pytest.raises(ConfigError) as flag:
+        DataConfig(**{field: bad})
+    assert str(lib.value).startswith(f"{arg} must be ")
+    assert str(flag.value) == f"{field} " + str(lib.value).split(" ", 1)[1]
+
+
+def test_data_flags_help_is_federates_text():
+    """The data flags' help is federate's ``Args:`` text (one definition), names shown as
+    flags: a field documented in DataConfig too would be a second copy."""
+    specs = {s.name: s for s in cli.field_specs(DataConfig)}
+    own = cli._attribute_docs(DataConfig)
+    assert not set(own) & {n for n in specs if n not in ("dataset", "data_dir", "partition_file")}
+    assert specs["alpha"].help.startswith("Dirichlet concentration, > 0")
+    assert "--holdout-frac" in specs["n_eval"].help
+    assert specs["partition_seed"].help.startswith("seed of the partition")

@@ -163,6 +163,65 @@ PARTITIONS: dict[str, PartitionSpec | None] = {
 POOLS = ("concat", "train", "separate")
 
 
+#: The rule of each of :func:`federate`'s numeric arguments: ``(kind, low, None allowed)``
+#: for integers (``int >= low``), ``"frac"`` / ``"frac_open"`` for shares in [0, 1] / [0, 1),
+#: ``"positive"`` for a finite value > 0 (or a sequence of them).
+ARGUMENT_RULES: dict[str, tuple] = {
+    "num_clients": ("int", 1, True),
+    "alpha": ("positive",),
+    "shards_per_client": ("int", 1, False),
+    "num_shards": ("int", 1, True),
+    "shard_size": ("int", 1, True),
+    "class_per_client": ("int", 1, False),
+    "train_frac": ("frac",),
+    "val_frac": ("frac_open",),
+    "holdout_frac": ("frac_open",),
+    "n_eval": ("int", 1, True),
+    "seed": ("int", 0, True),
+    "holdout_seed": ("int", 0, True),
+    "min_size": ("int", 0, False),
+    "min_samples": ("int", 1, False),
+    "max_tries": ("int", 1, True),
+    "batch_size": ("int", 1, False),
+}
+
+
+def check_arguments(**args: Any) -> None:
+    """Raise ``DataError("NAME must be ..., got VALUE")`` for the first of :func:`federate`'s
+    numeric arguments given in ``args`` that breaks its rule (:data:`ARGUMENT_RULES`).
+
+    The one definition of what federate accepts: federate calls it before any work, and the
+    command line calls it on its flags before any data is loaded (its message then names the
+    flag)."""
+    for name, v in args.items():
+        rule = ARGUMENT_RULES.get(name)
+        if rule is None:
+            continue
+        kind = rule[0]
+        if kind == "int":
+            lo, none_ok = rule[1], rule[2]
+            if v is None and none_ok:
+                continue
+            if isinstance(v, bool) or not isinstance(v, int | np.integer):
+                raise DataError(f"{name} must be an integer >= {lo}, got {v!r}")
+            if v < lo:
+                raise DataError(f"{name} must be >= {lo}, got {v!r}")
+        elif kind == "positive":
+            vals = np.atleast_1d(np.asarray(v, dtype=float)) if _numeric(v) else None
+            if vals is None or vals.size == 0 or not np.all((vals > 0) & np.isfinite(vals)):
+                raise DataError(f"{name} must be > 0, got {v!r}")
+        else:
+            _check_frac(name, v, closed_top=kind == "frac")
+
+
+def _numeric(v: Any) -> bool:
+    try:
+        np.asarray(v, dtype=float)
+    except (TypeError, ValueError):
+        return False
+    return not isinstance(v, bool | str)
+
+
 def _check_frac(name: str, value: float, *, closed_top: bool) -> float:
     v = float(value)
     ok = 0.0 <= v <= 1.0 if closed_top else 0.0 <= v < 1.0
@@ -239,25 +298,48 @@ def federate(
 ) -> FederatedDataset:
     """Partition ``raw`` into clients (see the module docstring for ``pool`` and ``natural``).
 
-    Args:
-      partition: a key of :data:`PARTITIONS`.
-      num_clients: K (for ``natural``: None = every writer, else the first K by sorted id).
-      alpha: Dirichlet concentration (``dirichlet``, ``flower_dirichlet``, ``pfllib_dir``).
-      shards_per_client, num_shards, shard_size: ``shards``.
-      class_per_client: ``pfllib_pat``.
-      balance: None = the mode's default (``dirichlet``: True; Flower ``self_balancing`` and PFLlib
-        ``balance``: False).
-      train_frac: per-client train fraction (PFLlib's ``train_ratio``); 1 = no local test split.
+    Args (the command line's data flags show these texts as their help):
+      partition: how examples become clients, a key of :data:`PARTITIONS`: iid, dirichlet,
+        flower_dirichlet, pfllib_dir (PFLlib exact), shards, pfllib_pat (PFLlib exact),
+        natural (writers)
+      num_clients: total clients K (natural: None = every writer, else the first K writers by
+        sorted id)
+      alpha: Dirichlet concentration, > 0; smaller = more label skew (dirichlet,
+        flower_dirichlet, pfllib_dir)
+      shards_per_client: shards per client (shards)
+      num_shards: total shards S (shards; None: K x shards_per_client)
+      shard_size: examples per shard (shards; None: N / S)
+      class_per_client: classes per client (pfllib_pat)
+      balance: balancing of the mode (None: its default; dirichlet on, Flower's
+        self_balancing and PFLlib's balance off)
+      train_frac: share of each client's examples in its train split, the rest is its test
+        split (PFLlib's train_ratio 0.75; 1: no local test split); also the support share of
+        held-out clients without their own split
       val_frac: share in [0, 1) of each client's train split moved to its validation split
-        (``floor(val_frac n_tr)`` examples, :func:`split_val`); 0 = no validation split.
-      holdout_frac / n_eval: share / number of held-out evaluation clients.
-      seed, holdout_seed: see module docstring.
-      min_size: minimum client size (``dirichlet``; Flower's ``min_partition_size``).
-      min_samples: minimum examples per writer (``natural``).
-      max_tries: resampling cap (None = mode default).
-      batch_size: PFLlib's B (it sets ``least_samples``).
-      allow_empty: accept clients with no examples.
+        (floor(val_frac n_tr) examples, :func:`split_val`; FEDORA's λ needs one; 0: none)
+      holdout_frac: share of clients held out for evaluation (never trained on)
+      n_eval: number of held-out clients (None: use holdout_frac)
+      seed: seed of the partition (None: the partition's own: 1 for pfllib_*, as PFLlib, 42
+        for flower_dirichlet, else 0); independent of the training seed
+      holdout_seed: seed of the held-out client draw (None: the partition seed)
+      pool: what is partitioned: concat = train+test (PFLlib), train = the train set (the
+        test set stays a central test set), separate = train set to training clients, test
+        set to held-out clients
+      min_size: smallest allowed client (dirichlet, flower_dirichlet; Flower's
+        min_partition_size)
+      min_samples: drop writers with fewer examples (natural)
+      max_tries: resampling cap of the Dirichlet modes (None: the mode's default)
+      batch_size: PFLlib's B in least_samples = min(B / (1 - train_frac), N / K / 2)
+        (pfllib_*)
+      allow_empty: accept clients without examples
     """
+    check_arguments(
+        num_clients=num_clients, alpha=alpha, shards_per_client=shards_per_client,
+        num_shards=num_shards, shard_size=shard_size, class_per_client=class_per_client,
+        train_frac=train_frac, val_frac=val_frac, holdout_frac=holdout_frac, n_eval=n_eval,
+        seed=seed, holdout_seed=holdout_seed, min_size=min_size, min_samples=min_samples,
+        max_tries=max_tries, batch_size=batch_size,
+    )
     if partition not in PARTITIONS:
         raise DataError(f"unknown partition {partition!r}; choose one of {', '.join(PARTITIONS)}")
     if pool not in POOLS:
@@ -268,8 +350,6 @@ def federate(
     spec = PARTITIONS[partition]
     if seed is None:
         seed = spec.default_seed if spec is not None else 0
-    if isinstance(seed, bool) or not isinstance(seed, int | np.integer) or seed < 0:
-        raise DataError(f"seed must be a non-negative integer, got {seed!r}")
     seed = int(seed)
     holdout_seed = seed if holdout_seed is None else int(holdout_seed)
     x, y, n_train = pool_arrays(raw)
