@@ -403,8 +403,12 @@ class TorchRow:
 
 
 def strategy_of(name: str, args: argparse.Namespace, buckets: int) -> Strategy:
+    """``name`` is a strategy, or ``sequential@D``: sequential with clients round-robin over
+    D local devices (``--cpu-devices D`` on a CPU)."""
+    name, _, devices = name.partition("@")
     block = args.step_block if name == "sequential" else None
     return Strategy(name, chunk_size=args.chunk_size, buckets=buckets,
+                    num_devices=int(devices) if devices else None,
                     exec=ExecOptions(unroll=1, step_block=block))
 
 
@@ -582,11 +586,11 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     convs = [c.strip() for c in args.conv.split(",") if c.strip()]
     for conv in convs:
         for name in [s.strip() for s in args.strategies.split(",") if s.strip()]:
-            for g in ([1] if name == "sequential" else
-                      [int(v) for v in args.buckets.split(",")]):
-                label = name + (f"[g={g}]" if name != "sequential" else f"(b={args.step_block})")
+            eager = name.partition("@")[0] == "sequential"
+            for g in ([1] if eager else [int(v) for v in args.buckets.split(",")]):
+                label = name + (f"[g={g}]" if not eager else f"(b={args.step_block})")
                 label += f" {conv}" if len(convs) > 1 else ""
-                row = Row(label, name)
+                row = Row(label, name.partition("@")[0])
                 builders.append((row, conv, lambda row=row, name=name, g=g: EngineRow(
                     row, fedavg(model, cfg), strategy_of(name, args, g), ds, params0, root,
                     pool)))

@@ -4,6 +4,7 @@ Algorithms are pure one-client functions; the engine maps them over clients (vma
 sequential or sharded over a device mesh) inside one compiled round; a thin driver loops.
 """
 
+from jaxpfl import _xla_setup  # noqa: F401  (first: XLA reads its CPU flags at backend start)
 from jaxpfl import algorithms as _algorithms
 from jaxpfl.algorithms import (
     SERVER_OPTIMIZERS,

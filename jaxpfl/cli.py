@@ -39,6 +39,8 @@ import typing
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
+import jax
+
 from jaxpfl.core.engine import CLIENT_STATES, POOL_LAYOUTS, STRATEGIES, Strategy
 from jaxpfl.core.train import ExecOptions
 from jaxpfl.data.dataset import DataError
@@ -667,6 +669,9 @@ class StrategyArgs:
       pool_layout: the examples on the devices with --strategy sharded: replicated (every
         device holds all) or per-device (each device holds only its own clients' examples,
         each process loads only its devices' share)
+      devices: local devices the clients are spread over: --strategy sequential trains
+        client i on device i mod N, at the same time (none: one per CPU core on a CPU, else
+        one); --strategy sharded makes its mesh of them (none: every device)
       buckets: at most this many client-size groups per mapped call (jitted strategies):
         each group is one compiled shape, padded to its widest client; fewer groups compile
         faster, more pad less (none: the engine's default, ``Strategy.buckets``)
@@ -684,10 +689,11 @@ class StrategyArgs:
     pool_layout: str = dataclasses.field(
         default=Strategy.pool_layout, metadata={**NO_EFFECT, "choices": tuple(POOL_LAYOUTS)}
     )
+    devices: int | None = dataclasses.field(default=Strategy.num_devices, metadata=NO_EFFECT)
     buckets: int | None = dataclasses.field(default=None, metadata=NO_EFFECT)
 
     def __post_init__(self):
-        for name in ("chunk_size", "step_block", "unroll", "buckets"):
+        for name in ("chunk_size", "step_block", "unroll", "devices", "buckets"):
             v = getattr(self, name)
             if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 1):
                 raise ConfigError(f"--{name.replace('_', '-')} must be an integer >= 1, got {v!r}")
@@ -703,9 +709,16 @@ def strategy_from_args(args: StrategyArgs) -> Any:
     if name != "sequential" and args.step_block is None:
         block = None
     extra = {} if args.buckets is None else {"buckets": args.buckets}
+    devices = args.devices
+    if devices is None and name == base.name:
+        devices = base.num_devices
+    if name == "sequential" and devices is not None and devices > len(jax.local_devices()):
+        raise ConfigError(f"--devices {devices}: this process has {len(jax.local_devices())} "
+                          "local devices (on a CPU: JAXPFL_CPU_DEVICES=N before the start)")
     return Strategy(
         name, chunk_size=args.chunk_size, exec=ExecOptions(unroll=args.unroll, step_block=block),
-        client_state=args.client_state, pool_layout=args.pool_layout, **extra,
+        num_devices=devices, client_state=args.client_state, pool_layout=args.pool_layout,
+        **extra,
     )
 
 

@@ -199,6 +199,7 @@ def reference():
 CASES = [(s, False) for s in STRATEGIES] + [
     (Strategy("sharded"), True),  # 8 devices, 6 clients: two devices own none
     (Strategy("sharded", num_devices=4, buckets=3), True),
+    (Strategy("sequential", num_devices=3), False),  # clients round-robin over 3 devices
 ]
 
 

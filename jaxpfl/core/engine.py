@@ -107,6 +107,7 @@ The jitted strategies group a call's clients by size into at most ``buckets`` gr
 from __future__ import annotations
 
 import dataclasses
+import os
 import time
 from collections.abc import Callable
 from typing import Any, NamedTuple
@@ -184,8 +185,10 @@ class Algorithm(NamedTuple):
 @dataclasses.dataclass(frozen=True)
 class Strategy:
     """How clients are mapped (module docstring). ``chunk_size`` for ``chunked``,
-    ``num_devices`` for ``sharded``, ``buckets``: at most this many size groups per mapped
-    call on the jitted strategies (1 = one group padded to the widest client).
+    ``num_devices``: the mesh of ``sharded`` (None: every device), or the local devices
+    ``sequential`` spreads its clients over, client i on device i mod D (None: one).
+    ``buckets``: at most this many size groups per mapped call on the jitted strategies (1 =
+    one group padded to the widest client).
     ``client_state``: where the stacked per-client state lives between rounds: ``device``,
     ``host`` (NumPy; only the rows a call needs are moved, ``jaxpfl.core.residency``) or
     ``auto`` (the driver keeps it on the device when it fits). ``pool_layout``: with
@@ -224,6 +227,13 @@ class Strategy:
     def jitted(self) -> bool:
         return self.name != "sequential"
 
+    def sequential_devices(self) -> list:
+        """The devices ``sequential`` trains on: the first ``num_devices`` local devices
+        (``None``: one, the default device)."""
+        if self.num_devices is None or self.num_devices <= 1:
+            return [jax.local_devices()[0]]
+        return jax.local_devices()[: self.num_devices]
+
     def mesh(self) -> Mesh:
         devs = jax.devices()[: self.num_devices or len(jax.devices())]
         return Mesh(devs, ("clients",))
@@ -238,10 +248,15 @@ class Strategy:
 
 def default_strategy(backend: str | None = None) -> Strategy:
     """Fastest measured strategy per backend (experiments/bench_engine.py): ``sequential``
-    with 64 steps per dispatch on CPU, ``vmap`` elsewhere."""
+    with 64 steps per dispatch on CPU, its clients spread over one CPU device per core,
+    ``vmap`` elsewhere."""
     backend = backend or jax.default_backend()
-    if backend == "cpu":
-        return Strategy("sequential", exec=ExecOptions(unroll=1, step_block=64))
+    if backend == "cpu":  # clients in parallel, one per core (jaxpfl/_xla_setup.py)
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else \
+            os.cpu_count() or 1
+        devices = min(len(jax.local_devices(backend="cpu")), cores)
+        return Strategy("sequential", num_devices=devices if devices > 1 else None,
+                        exec=ExecOptions(unroll=1, step_block=64))
     return Strategy("vmap", exec=ExecOptions(unroll=1, step_block=None))
 
 
@@ -271,7 +286,15 @@ def map_clients(fn: Callable, shared: PyTree, per_client: PyTree, strategy: Stra
         return jax.lax.map(lambda pc: fn(shared, pc), per_client, batch_size=strategy.chunk_size)
     if name == "sequential":
         m = jax.tree.leaves(per_client)[0].shape[0]
-        return stack([fn(shared, pc) for pc in unstack(per_client, m)])
+        devs = strategy.sequential_devices()
+        if len(devs) == 1:
+            return stack([fn(shared, pc) for pc in unstack(per_client, m)])
+        # client i on device i mod D: each call is dispatched asynchronously, so the devices
+        # (one per CPU core, jaxpfl.machine) train different clients at the same time
+        on = [jax.device_put(shared, d) for d in devs]
+        outs = [fn(on[i % len(devs)], jax.device_put(pc, devs[i % len(devs)]))
+                for i, pc in enumerate(unstack(per_client, m))]
+        return stack(jax.device_put(outs, devs[0]))
     if name == "sharded":
         specs = jax.tree.map(lambda a: P("clients") if _is_per_device(a) else P(), shared,
                              is_leaf=_is_per_device)
