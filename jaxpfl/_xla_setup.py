@@ -9,8 +9,9 @@ backend starts (at the first use of a device, not at ``import jax``), so jaxpfl 
 
 - only if ``XLA_FLAGS`` does not set it already (yours wins), and only before the backend has
   started (later it would have no effect, and nothing is changed);
-- ``JAXPFL_CPU_DEVICES=N`` asks for N devices instead of one per core; ``JAXPFL_CPU_DEVICES=1``
-  keeps XLA's single CPU device (the flag is then not added).
+- ``JAXPFL_CPU_DEVICES=N`` asks for N devices instead of one per core, and the CPU default
+  strategy then trains on N of them (at most as many as exist); ``JAXPFL_CPU_DEVICES=1``
+  keeps XLA's single CPU device (the flag is then not added) and one device per run.
 
 It changes where clients run, never what they compute: the same clients give bit-identical
 results on one device or several (tests/test_contract.py). GPU and TPU backends ignore it.

@@ -107,7 +107,6 @@ The jitted strategies group a call's clients by size into at most ``buckets`` gr
 from __future__ import annotations
 
 import dataclasses
-import os
 import time
 from collections.abc import Callable
 from typing import Any, NamedTuple
@@ -117,6 +116,7 @@ import jax.numpy as jnp
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from jaxpfl._xla_setup import cpu_devices_wanted
 from jaxpfl.core import keys as K
 from jaxpfl.core.buckets import Rows
 from jaxpfl.core.train import ClientData, ExecOptions
@@ -252,9 +252,7 @@ def default_strategy(backend: str | None = None) -> Strategy:
     ``vmap`` elsewhere."""
     backend = backend or jax.default_backend()
     if backend == "cpu":  # clients in parallel, one per core (jaxpfl/_xla_setup.py)
-        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else \
-            os.cpu_count() or 1
-        devices = min(len(jax.local_devices(backend="cpu")), cores)
+        devices = min(len(jax.local_devices(backend="cpu")), cpu_devices_wanted())
         return Strategy("sequential", num_devices=devices if devices > 1 else None,
                         exec=ExecOptions(unroll=1, step_block=64))
     return Strategy("vmap", exec=ExecOptions(unroll=1, step_block=None))
