@@ -106,6 +106,7 @@ The jitted strategies group a call's clients by size into at most ``buckets`` gr
 
 from __future__ import annotations
 
+import concurrent.futures
 import dataclasses
 import time
 from collections.abc import Callable
@@ -287,11 +288,19 @@ def map_clients(fn: Callable, shared: PyTree, per_client: PyTree, strategy: Stra
         devs = strategy.sequential_devices()
         if len(devs) == 1:
             return stack([fn(shared, pc) for pc in unstack(per_client, m)])
-        # client i on device i mod D: each call is dispatched asynchronously, so the devices
-        # (one per CPU core, jaxpfl.machine) train different clients at the same time
+        # client i on device i mod D, each device's clients in order on a host thread of its
+        # own, so the devices (one per CPU core, jaxpfl/_xla_setup.py) train different
+        # clients at the same time even where a client's code reads results back to the host
         on = [jax.device_put(shared, d) for d in devs]
-        outs = [fn(on[i % len(devs)], jax.device_put(pc, devs[i % len(devs)]))
-                for i, pc in enumerate(unstack(per_client, m))]
+        rows = unstack(per_client, m)
+
+        def lane(d: int) -> list:
+            return [fn(on[d], jax.device_put(rows[i], devs[d]))
+                    for i in range(d, m, len(devs))]
+
+        with concurrent.futures.ThreadPoolExecutor(len(devs)) as pool:
+            lanes = list(pool.map(lane, range(len(devs))))
+        outs = [lanes[i % len(devs)][i // len(devs)] for i in range(m)]
         return stack(jax.device_put(outs, devs[0]))
     if name == "sharded":
         specs = jax.tree.map(lambda a: P("clients") if _is_per_device(a) else P(), shared,

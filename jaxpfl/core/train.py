@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import threading
 import types
 from collections.abc import Callable
 from typing import Any, NamedTuple
@@ -301,6 +302,7 @@ def local_steps(
 #: the captured objects stay alive, so an ``id`` in a key can never be reused by another).
 _CANONICAL: dict[Any, Callable] = {}
 _CANONICAL_MAX = 1024
+_CANONICAL_LOCK = threading.Lock()
 
 
 def canonical(fn: Callable | None) -> Callable | None:
@@ -317,11 +319,12 @@ def canonical(fn: Callable | None) -> Callable | None:
         key = _fn_key(fn, set())
     except _Unkeyable:
         return fn
-    found = _CANONICAL.get(key)
-    if found is None:
-        if len(_CANONICAL) >= _CANONICAL_MAX:  # the oldest goes (a hit's objects stay alive)
-            del _CANONICAL[next(iter(_CANONICAL))]
-        _CANONICAL[key] = found = fn
+    with _CANONICAL_LOCK:  # the sequential strategy's device lanes are host threads
+        found = _CANONICAL.get(key)
+        if found is None:
+            if len(_CANONICAL) >= _CANONICAL_MAX:  # the oldest goes (a hit's objects live)
+                del _CANONICAL[next(iter(_CANONICAL))]
+            _CANONICAL[key] = found = fn
     return found
 
 
