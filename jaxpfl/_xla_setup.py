@@ -37,6 +37,10 @@ def cpu_devices_wanted() -> int:
         try:
             return max(1, int(raw))
         except ValueError:
+            import warnings
+
+            warnings.warn(f"JAXPFL_CPU_DEVICES={raw!r} is not an integer; using one CPU device",
+                          stacklevel=2)
             return 1
     return max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
                else os.cpu_count() or 1)

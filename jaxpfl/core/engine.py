@@ -272,6 +272,31 @@ def _is_per_device(a) -> bool:
     return isinstance(a, PerDevice)
 
 
+#: (id(array), device id) -> (array, its copy on that device): the pool reaches a second
+#: device once, not at every round and evaluation (the source is kept, so its id stays its own).
+_REPLICAS: dict[tuple[int, int], tuple[jax.Array, jax.Array]] = {}
+_REPLICA_MIN_BYTES = 1 << 20
+
+
+def _replica(tree: PyTree, device) -> PyTree:
+    """``tree`` on ``device``; large arrays (the pool) are copied there once and reused."""
+
+    def put(a):
+        if not isinstance(a, jax.Array) or a.nbytes < _REPLICA_MIN_BYTES:
+            return jax.device_put(a, device)
+        if a.devices() == {device}:
+            return a
+        key = (id(a), device.id)
+        hit = _REPLICAS.get(key)
+        if hit is None or hit[0] is not a:
+            if len(_REPLICAS) >= 16:
+                del _REPLICAS[next(iter(_REPLICAS))]
+            hit = _REPLICAS[key] = (a, jax.device_put(a, device))
+        return hit[1]
+
+    return jax.tree.map(put, tree)
+
+
 def map_clients(fn: Callable, shared: PyTree, per_client: PyTree, strategy: Strategy) -> PyTree:
     """``stack([fn(shared, per_client[i]) for i in range(M)])`` with the chosen strategy
     (``shared`` may hold :class:`PerDevice` leaves with ``sharded``)."""
@@ -291,7 +316,7 @@ def map_clients(fn: Callable, shared: PyTree, per_client: PyTree, strategy: Stra
         # client i on device i mod D, each device's clients in order on a host thread of its
         # own, so the devices (one per CPU core, jaxpfl/_xla_setup.py) train different
         # clients at the same time even where a client's code reads results back to the host
-        on = [jax.device_put(shared, d) for d in devs]
+        on = [_replica(shared, d) for d in devs]
         rows = unstack(per_client, m)
 
         def lane(d: int) -> list:
