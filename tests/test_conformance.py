@@ -103,7 +103,7 @@ def test_algorithm_conformance(script):
             got = [np.shape(a) for a in jax.tree.leaves(stack)]
             assert got == [(ds.num_clients, *s) for s in shapes], (name, pname)
         # vmap == sequential here; every algorithm's own test file adds sharded (and chunked)
-        runs = {s: _one_round(alg, Strategy(s)) for s in ("sequential", "vmap")}
+        runs = {s: _one_round(alg, Strategy(s, buckets=2)) for s in ("sequential", "vmap")}
         # a second eager round compiles no step block again (the engine keys step functions
         # by code and captured values, whatever objects the client update creates)
         compiled = _block._cache_size()
@@ -115,7 +115,7 @@ def test_algorithm_conformance(script):
             jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=2e-5, atol=2e-6),
                          got, ref)
         assert np.all(np.isfinite(np.asarray(out.metrics["train_loss"])[: len(out.ids)]))
-        strategy = Strategy("vmap")
+        strategy = Strategy("vmap", buckets=2)
         evaluate, ids = evaluation(alg, MODEL, ds, place_pool(ds, strategy), strategy)
         rec = evaluate(jax.tree.map(jnp.asarray, ref), 1, True)
         accs = [k for k in rec if k.endswith("acc_mean")]

@@ -29,12 +29,15 @@ from jaxpfl.run import Phase, RunConfig, run
 
 ROOT = jax.random.key(7)
 
+#: Two size groups: grouping is exercised at a third of the default's (6 groups) compile time.
+VMAP = Strategy("vmap", buckets=2)
+
 
 def _params():
     return MODEL.init(jax.random.key(3), jnp.zeros((1, 4, 4, 1), jnp.uint8))
 
 
-def _reptile_rounds(cfg, rounds, strategy=Strategy("vmap")):
+def _reptile_rounds(cfg, rounds, strategy=VMAP):
     ds = toy_dataset()
     alg = reptile_stage(MODEL, cfg)
     state = alg.init(ROOT, _params(), ds.num_clients)
@@ -96,7 +99,7 @@ def test_reptile_server_sgd1_is_uniform_mean_and_strategies_agree():
     ds = toy_dataset()
     x, y = jnp.asarray(ds.x), jnp.asarray(ds.y)
     outs = []
-    for strategy in [Strategy("vmap"), Strategy("sequential"), Strategy("sharded")]:
+    for strategy in [VMAP, Strategy("sequential"), Strategy("sharded", buckets=1)]:
         state = alg.init(ROOT, _params(), 6)
         inputs = place_inputs(round_inputs(ds, np.arange(6), strategy), strategy)
         state, _ = make_round(alg, strategy)(state, x, y, inputs, jnp.int32(0), ROOT)
@@ -119,8 +122,8 @@ def test_reptile_k1_is_uniform_fedsgd():
         ),
     )
     state = alg.init(ROOT, _params(), 6)
-    inputs = place_inputs(round_inputs(ds, np.arange(6), Strategy("vmap")), Strategy("vmap"))
-    state, _ = make_round(alg, Strategy("vmap"))(
+    inputs = place_inputs(round_inputs(ds, np.arange(6), VMAP), VMAP)
+    state, _ = make_round(alg, VMAP)(
         state, jnp.asarray(ds.x), jnp.asarray(ds.y), inputs, jnp.int32(0), ROOT
     )
     w = np_params(_params())
@@ -142,7 +145,7 @@ def test_stage_switch_inside_run_starts_a_fresh_server_adam():
     )
     ds = toy_dataset()
     phases = [Phase(n, a, r, 6) for n, a, r in personalized_fedavg(MODEL, cfg)]
-    rc = RunConfig(seed=7, progress=False, strategy=Strategy("vmap"))  # ROOT = key(7)
+    rc = RunConfig(seed=7, progress=False, strategy=VMAP)  # ROOT = key(7)
     both = run(phases, ds, lambda key: _params(), lambda st, t, f: {}, rc)
     first = run(phases[:1], ds, lambda key: _params(), lambda st, t, f: {}, rc)
     w1 = np_params(first["state"].server.params)
@@ -175,7 +178,7 @@ def test_personalization_equals_numpy_reference_and_keeps_global():
     params = _params()
     before = jax.tree.map(np.array, params)
     rows = np.arange(6)
-    init, pers = _evaluator(cfg, Strategy("vmap"), ds)(params, rows, _keys(rows))
+    init, pers = _evaluator(cfg, VMAP, ds)(params, rows, _keys(rows))
     # w untouched (bit-identical)
     jax.tree.map(np.testing.assert_array_equal, before, jax.tree.map(np.asarray, params))
     # initial = a plain evaluation of the global model on the query sets
@@ -208,7 +211,7 @@ def test_personalization_vmap_equals_sequential_and_sharded():
     rows = np.array([0, 2, 3, 5, 1])
     outs = [
         _evaluator(cfg, s, ds)(_params(), rows, _keys(rows))
-        for s in (Strategy("vmap"), Strategy("sequential"), Strategy("sharded"))
+        for s in (VMAP, Strategy("sequential"), Strategy("sharded", buckets=1))
     ]
     for init, pers in outs[1:]:
         np.testing.assert_array_equal(init.correct, outs[0][0].correct)
@@ -221,7 +224,7 @@ def test_zero_personalization_epochs_gives_pers_equal_init():
     ds = toy_dataset(test_per_client=9)
     cfg = PersonalizedFedAvgConfig(personalization_epochs=0)
     params = _params()
-    init, pers = _evaluator(cfg, Strategy("vmap"), ds)(params, np.arange(6), _keys(range(6)))
+    init, pers = _evaluator(cfg, VMAP, ds)(params, np.arange(6), _keys(range(6)))
     assert pers.correct.shape == (6, 1)
     w = np_params(params)
     for r in range(6):

@@ -29,7 +29,7 @@ def test_experiment_writes_the_files_and_evaluates_what_the_algorithm_declares(t
     out = tmp_path / "run"
     result = jaxpfl.experiment(alg, ds, MODEL, rounds=2, clients_per_round=3,
                                config=jaxpfl.RunConfig(seed=3, out=str(out), progress=False),
-                               strategy=jaxpfl.Strategy("vmap"))
+                               strategy=jaxpfl.Strategy("vmap", buckets=2))
     for name in ("metrics.jsonl", "summary.json", "final.json", "accuracy.png", "partition.npz"):
         assert (out / name).exists(), name
     records = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]

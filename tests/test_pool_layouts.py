@@ -20,9 +20,10 @@ def _never_whole(self, *args, **kwargs):
 #: jaxpfl.experiment, so these cover its evaluation kinds rather than every script: the global
 #: model (fedavg), a fine-tune evaluator (perfedavg; Per-FedAvg's is the same path), personal
 #: models with an all-client stage (fedala) and a mix step with two personal models (fedora).
-POOL_SCRIPTS = [
-    ("fedavg", "default", ["--rounds", "1"]),
-    ("perfedavg", "default", ["--rounds", "1", "--reptile-rounds", "0"]),
+POOL_SCRIPTS = [  # the embedded-MNIST presets on IDX fixture data (on disk, and small)
+    ("fedavg", "default", ["--rounds", "1", "--dataset", "mnist"]),
+    ("perfedavg", "default", ["--rounds", "1", "--reptile-rounds", "0", "--dataset", "mnist",
+                              "--num-clients", "20"]),
     ("fedala", "pfllib", ["--rounds", "1"]),
     ("fedora", "rotated_fmnist", ["--rounds", "1"]),
 ]
@@ -37,7 +38,8 @@ def test_per_device_pool_equals_the_replicated_pool(tmp_path, capsys, monkeypatc
     uncompressed, so the pool stays on disk (``MappedRows``), and the per-device run never reads
     it whole."""
     mod = load_script(script)
-    dataset = mod.CLI.preset_values(preset)["dataset"]
+    dataset = shrink[shrink.index("--dataset") + 1] if "--dataset" in shrink else \
+        mod.CLI.preset_values(preset)["dataset"]
     data = fixture_args(dataset, tmp_path, packed=False)
     runs, reads = [], []
     read = MappedRows.__getitem__

@@ -20,6 +20,10 @@ from jaxpfl.run import Phase, RunConfig, RunError, clients_per_round, run
 REPO = Path(__file__).resolve().parents[1]
 
 
+#: Two size groups: grouping is exercised at a third of the default's (6 groups) compile time.
+VMAP = Strategy("vmap", buckets=2)
+
+
 def _setup(model=MODEL, lr=0.1, rounds=(3, 2)):
     ds = toy_dataset()
     phases = [
@@ -62,7 +66,7 @@ def _setup(model=MODEL, lr=0.1, rounds=(3, 2)):
     return ds, phases, init_params, evaluate
 
 
-def _run(tmp=None, resume=False, total=None, strategy=Strategy("vmap"), seed=0, cfg_text="a"):
+def _run(tmp=None, resume=False, total=None, strategy=VMAP, seed=0, cfg_text="a"):
     ds, phases, init_params, evaluate = _setup()
     if total is not None:  # stop early: truncate the phases at `total` rounds
         first = min(total, phases[0].rounds)
@@ -151,7 +155,7 @@ def test_rounds_with_other_clients_and_widths_do_not_recompile():
 
     ds, phases, init_params, evaluate = _setup()
     alg = phases[0].algorithm
-    strategy = Strategy("vmap")
+    strategy = VMAP
     rnd = make_round(alg, strategy)
     state = alg.init(jax.random.key(0), init_params(jax.random.key(1)), ds.num_clients)
     x, y = jnp.asarray(ds.x), jnp.asarray(ds.y)
