@@ -11,6 +11,7 @@ import textwrap
 
 import numpy as np
 import pytest
+from scripts import load_script
 
 from jaxpfl.data import partition as P
 from jaxpfl.data.dataset import ClientIndex, DataError, RawData
@@ -330,6 +331,16 @@ def test_fmnist_golden_through_federate():
 
 # ------------------------------------------------------------------ CLI
 
+
+def _mock_load_raw(name, data_dir=None, **kw):
+    """A 300 + 100 example, 5-class source named ``mock`` (the only name it knows)."""
+    if name != "mock":
+        raise DataError(f"unknown dataset '{name}'; choose one of: mock")
+    rng = np.random.default_rng(0)
+    return RawData("mock", np.zeros((300, 2, 2, 1), np.uint8), rng.integers(0, 5, 300),
+                   np.zeros((100, 2, 2, 1), np.uint8), rng.integers(0, 5, 100), 5)
+
+
 _MOCK = textwrap.dedent("""
     import runpy, sys, types
     import numpy as np
@@ -374,12 +385,21 @@ def run_cli(*args, mock=True):
         ),
     ],
 )
-def test_cli_bad_input_one_line_exit_2(args, msg):
-    r = run_cli("--dataset", "mock", *args) if "--dataset" not in args else run_cli(*args)
-    assert r.returncode == 2, r.stderr
-    lines = r.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: ") and msg in lines[0], r.stderr
-    assert "Traceback" not in r.stderr
+def test_cli_bad_input_one_line_exit_2(args, msg, monkeypatch, capsys):
+    """In process (the script's ``main``, the mock source patched in); the one line and exit
+    status of a real process: the bad ``--raw-out`` in
+    ``test_cli_raw_out_writes_a_folder_the_npy_source_partitions_identically``, and
+    tests/test_cli.py::test_bad_input_in_a_real_process."""
+    import jaxpfl.data.sources as sources
+
+    monkeypatch.setattr(sources, "load_raw", _mock_load_raw)
+    argv = ["--dataset", "mock", *args] if "--dataset" not in args else list(args)
+    with pytest.raises(SystemExit) as exit_:
+        load_script("partition").main(argv)
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2, err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and msg in lines[0], err
 
 
 def test_cli_writes_outputs(tmp_path):

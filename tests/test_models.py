@@ -447,7 +447,9 @@ def test_model_outputs_and_gradients_equal_across_conv_formulations(name, monkey
     results = {}
     for impl in ("xla", "im2col"):
         monkeypatch.setenv("JAXPFL_CONV", impl)
-        results[impl] = (np.asarray(model.apply(params, x)), jax.grad(loss)(params))
+        # jitted (one compilation, not one per eager op); a fresh function per formulation,
+        # so each is traced with its own JAXPFL_CONV
+        results[impl] = jax.jit(lambda p: (model.apply(p, x), jax.grad(loss)(p)))(params)
     np.testing.assert_allclose(results["im2col"][0], results["xla"][0], rtol=1e-5, atol=1e-5)
     for a, b in zip(jax.tree.leaves(results["im2col"][1]), jax.tree.leaves(results["xla"][1])):
         scale = float(jnp.abs(b).max()) + 1e-12
