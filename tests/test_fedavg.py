@@ -20,7 +20,8 @@ from jaxpfl.run import round_inputs
 
 ROOT = jax.random.key(42)
 
-#: Two size groups: grouping is exercised at a third of the default's (6 groups) compile time.
+#: Two size groups: grouping is exercised with two copies of the client program to compile
+#: (the default, 6 groups, has one per toy client).
 VMAP = Strategy("vmap", buckets=2)
 
 

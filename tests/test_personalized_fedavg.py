@@ -29,7 +29,8 @@ from jaxpfl.run import Phase, RunConfig, run
 
 ROOT = jax.random.key(7)
 
-#: Two size groups: grouping is exercised at a third of the default's (6 groups) compile time.
+#: Two size groups: grouping is exercised with two copies of the client program to compile
+#: (the default, 6 groups, has one per toy client).
 VMAP = Strategy("vmap", buckets=2)
 
 
