@@ -422,10 +422,12 @@ def _client_data(rows: Rows, x, y, t, exec_: ExecOptions) -> ClientData:
     )
 
 
+@jax.jit
 def _concat(trees: list[PyTree]) -> PyTree:
     return jax.tree.map(lambda *a: jnp.concatenate(a), *trees)
 
 
+@jax.jit
 def _scatter(clients: PyTree, ids: jax.Array, mask: jax.Array, values: PyTree) -> PyTree:
     ids = jnp.where(mask > 0, ids, jnp.iinfo(jnp.int32).max)  # padding rows are dropped
     return jax.tree.map(lambda a, v: a.at[ids].set(v.astype(a.dtype), mode="drop"), clients,

@@ -6,6 +6,7 @@ strategy) each is one compiled call instead of one dispatch per leaf and operati
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import jax
@@ -61,16 +62,25 @@ def tree_norm(a: PyTree) -> jax.Array:
     return jnp.sqrt(sum(jnp.sum(jnp.square(x)) for x in jax.tree.leaves(a)))
 
 
+# The row and stacking helpers below are jitted: called eagerly (the sequential strategy's
+# loop, the driver), each compiles once per tree and shapes as ONE program, where eager
+# per-leaf ops compile one small program per distinct leaf shape. Traced inside another
+# jitted function they are inlined.
+
+
+@jax.jit
 def gather_rows(tree: PyTree, rows: jax.Array) -> PyTree:
     """Rows ``rows`` of every leaf of a stacked ``[K, ...]`` pytree."""
     return jax.tree.map(lambda a: a[rows], tree)
 
 
+@jax.jit
 def scatter_rows(tree: PyTree, rows: jax.Array, values: PyTree) -> PyTree:
     """Write ``values[i]`` into row ``rows[i]`` of every leaf of a stacked pytree."""
     return jax.tree.map(lambda a, v: a.at[rows].set(v), tree, values)
 
 
+@jax.jit
 def stack(trees: list[PyTree]) -> PyTree:
     """Stack a list of identical pytrees along a new leading axis."""
     return jax.tree.map(lambda *xs: jnp.stack(xs), *trees)
@@ -87,6 +97,7 @@ def unstack(tree: PyTree, n: int) -> list[PyTree]:
     return [_row(tree, jnp.int32(i)) for i in range(n)]
 
 
+@functools.partial(jax.jit, static_argnums=1)
 def broadcast_clients(tree: PyTree, n: int) -> PyTree:
     """Replicate a pytree along a new leading axis of size n."""
     return jax.tree.map(lambda a: jnp.broadcast_to(a, (n,) + a.shape), tree)
