@@ -78,13 +78,9 @@ def test_readme_fedavg_command_parses():
 
 def test_partition_file_replays_the_split_exactly(tmp_path):
     parts = tmp_path / "parts"
-    proc = subprocess.run(
-        [sys.executable, str(REPO / "experiments" / "partition.py"), "--num-clients", "30",
-         "--alpha", "0.3", "--holdout-frac", "0.2", "--train-frac", "0.8", "--out", str(parts),
-         "--no-plot"],
-        capture_output=True, text=True, timeout=600, cwd=REPO,
-    )  # fmt: skip
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    load_script("partition").main(["--num-clients", "30", "--alpha", "0.3", "--holdout-frac",
+                                   "0.2", "--train-frac", "0.8", "--out", str(parts),
+                                   "--no-plot"])
     (npz,) = parts.glob("*.npz")
     saved = read_partition(npz)
     assert len(saved["eval_clients"]) == 6
