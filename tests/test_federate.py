@@ -343,16 +343,10 @@ def _mock_load_raw(name, data_dir=None, **kw):
 
 _MOCK = textwrap.dedent("""
     import runpy, sys, types
-    import numpy as np
-    from jaxpfl.data.dataset import DataError, RawData
-    def load_raw(name, data_dir=None, **kw):
-        if name != "mock":
-            raise DataError(f"unknown dataset '{name}'; choose one of: mock")
-        rng = np.random.default_rng(0)
-        return RawData("mock", np.zeros((300, 2, 2, 1), np.uint8), rng.integers(0, 5, 300),
-                       np.zeros((100, 2, 2, 1), np.uint8), rng.integers(0, 5, 100), 5)
+    sys.path.insert(0, "tests")
+    from test_federate import _mock_load_raw
     mod = types.ModuleType("jaxpfl.data.sources")
-    mod.load_raw = load_raw
+    mod.load_raw = _mock_load_raw
     sys.modules["jaxpfl.data.sources"] = mod
     sys.argv = ["partition.py"] + sys.argv[1:]
     runpy.run_path("experiments/partition.py", run_name="__main__")
