@@ -85,8 +85,11 @@ def assert_matches_recorded(script: str, preset: str, records: list[dict], extra
     """The smoke run's records equal those recorded before the experiment layer was reworked
     (``tests/data/smoke_records.json``), metric for metric: every recorded key (metrics added
     since may join them), the same rounds, every number within 1e-4 (relative or absolute;
-    timings are not compared). Values from another CPU may differ in the last bits, hence the
-    tolerance."""
+    timings are not compared). Values from another CPU or compiler setting may differ in the
+    last bits, hence the tolerance; such a difference can flip a near-tie prediction, so the
+    accuracies may differ by one example: 1/n in a pooled accuracy over n examples, 0.05 (one
+    example of a 20-example client) in the per-client statistics, while the losses beside them
+    stay within 1e-4."""
     key = f"{script}:{preset}" + (f":{extra}" if extra else "")
     runs = json.loads(RECORDED.read_text())["runs"]
     if key not in runs:  # a preset added since: nothing recorded to compare (see recorded_runs)
@@ -101,8 +104,12 @@ def assert_matches_recorded(script: str, preset: str, records: list[dict], extra
             if isinstance(wv, bool) or isinstance(wv, str) or wv is None:
                 assert gv == wv, (key, g["round"], k, gv, wv)
             else:
+                atol = 1e-4
+                if "_acc_" in k:  # one example (see the docstring)
+                    n = w.get(k.split("_acc_")[0] + "_n_examples")
+                    atol = max(atol, 1.0 / n + 1e-9 if k.endswith("_pooled") and n else 0.05)
                 np.testing.assert_allclose(np.asarray(gv, np.float64), np.asarray(wv, np.float64),
-                                           rtol=1e-4, atol=1e-4, err_msg=f"{key} round "
+                                           rtol=1e-4, atol=atol, err_msg=f"{key} round "
                                            f"{g['round']} {k}")
     return True
 

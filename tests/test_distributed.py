@@ -42,7 +42,8 @@ def _free_port() -> int:
 def _launch(jobs: list, processes: int, devices: int, logs: Path) -> None:
     """Run the worker's ``jobs`` on a cluster of ``processes`` × ``devices`` CPU devices."""
     base = {k: v for k, v in os.environ.items() if k not in _CLUSTER_VARS}
-    base.update(JAX_PLATFORMS="cpu", PYTHONUNBUFFERED="1",
+    # toy rounds: compiled with few optimisations, as in-process toy tests are (conftest.py)
+    base.update(JAX_PLATFORMS="cpu", PYTHONUNBUFFERED="1", JAX_DISABLE_MOST_OPTIMIZATIONS="1",
                 XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}")
     port = _free_port()
     procs = []
