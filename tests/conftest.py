@@ -31,7 +31,8 @@ jax.config.update("jax_numpy_rank_promotion", "raise")
 # ``jax_disable_most_optimizations`` (backend optimisation level 0, no expensive LLVM passes):
 # the same HLO, run slower and rounded differently in the last bits (a near-tie prediction may
 # flip: tests/scripts.py ``assert_matches_recorded``). Subprocesses (the README's command, the
-# benchmark, kill and resume) compile as users do: the setting is not in their environment.
+# benchmark, kill and resume) compile as users do: the setting is not in their environment;
+# only test_distributed.py's toy cluster sets it there (JAX_DISABLE_MOST_OPTIMIZATIONS=1).
 jax.config.update("jax_disable_most_optimizations", True)
 # Strict dtype promotion is not used: optax's bias correction mixes Python floats with int32
 # counts and fails under it. Rank promotion is the check that catches silent broadcasting
