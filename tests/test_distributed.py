@@ -42,9 +42,12 @@ def _free_port() -> int:
 def _launch(jobs: list, processes: int, devices: int, logs: Path) -> None:
     """Run the worker's ``jobs`` on a cluster of ``processes`` × ``devices`` CPU devices."""
     base = {k: v for k, v in os.environ.items() if k not in _CLUSTER_VARS}
-    # toy rounds: compiled with few optimisations, as in-process toy tests are (conftest.py)
+    # toy rounds: compiled with few optimisations and the emitters of the in-process tests
+    # (conftest.py), on `devices` devices per process
+    emitters = [f for f in os.environ.get("XLA_FLAGS", "").split() if "fusion_emitters" in f]
     base.update(JAX_PLATFORMS="cpu", PYTHONUNBUFFERED="1", JAX_DISABLE_MOST_OPTIMIZATIONS="1",
-                XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}")
+                XLA_FLAGS=" ".join([f"--xla_force_host_platform_device_count={devices}",
+                                    *emitters]))
     port = _free_port()
     procs = []
     logs.mkdir(parents=True, exist_ok=True)

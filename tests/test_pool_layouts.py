@@ -54,8 +54,8 @@ def test_per_device_pool_equals_the_replicated_pool(tmp_path, capsys, monkeypatc
                 m.setattr(MappedRows, "__getitem__",
                           lambda self, k: reads.append(k) or read(self, k))
             mod.main(["--preset", preset, "--smoke", "--no-progress", "--out", str(out),
-                      "--strategy", "sharded", "--pool-layout", layout, "--buckets", "1", "--devices", "3",
-                      *shrink, *data])
+                      "--strategy", "sharded", "--pool-layout", layout, "--buckets", "1",
+                      "--devices", "3", *shrink, *data])
         capsys.readouterr()
         runs.append([json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()])
     # the IDX presets' pools stay on disk, read row-wise by the per-device loader only
