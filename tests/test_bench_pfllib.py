@@ -46,10 +46,20 @@ def test_report_medians_speedups_and_accuracy_by_rounds_trained(tmp_path, capsys
     assert "jaxpfl is 2.00x PFLlib's whole round (medians; mins 2.00x), 1.30x its training" in out
 
 
-@pytest.mark.parametrize("argv,message", [
-    (["--pfllib-dir", "/nonexistent"], "no PFLlib checkout at /nonexistent"),
+@pytest.mark.parametrize("layout,rounds,message", [
+    ((), "6", "no PFLlib checkout at"),
+    (("system/main.py",), "6", "dataset/FashionMNIST has no split"),
+    (("system/main.py", "dataset/FashionMNIST/train/"), "2", "--rounds must be at least 3"),
 ])
-def test_bad_input_is_one_line(argv, message):
+def test_bad_input_is_one_line(tmp_path, layout, rounds, message):
+    for rel in layout:  # a fake checkout: what the controller checks before it starts anything
+        path = tmp_path / rel
+        if rel.endswith("/"):
+            path.mkdir(parents=True)
+        else:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text("")
     bench = load_script("bench_pfllib")
-    with pytest.raises(SystemExit, match=message):
-        bench.main(argv)
+    with pytest.raises(SystemExit, match=message) as err:
+        bench.main(["--pfllib-dir", str(tmp_path), "--rounds", rounds])
+    assert str(err.value).startswith("error: ") and "\n" not in str(err.value)
