@@ -467,6 +467,67 @@ def test_max_pool_equals_reduce_window_with_floor():
     np.testing.assert_array_equal(np.asarray(max_pool_2x2(x)), np.asarray(want))
 
 
+@pytest.mark.parametrize("pads", [[(0, 0), (0, 0)], [(1, 2), (2, 1)]])
+def test_im2col_vjp_equals_the_numpy_sums(pads, monkeypatch):
+    """The written-out VJP of the CPU formulation (∂kernel = colsᵀ·g, col2im of g·kernelᵀ)
+    against the textbook sums in float64: ∂k[p,q,c,o] = Σ_{b,i,j} x_pad[b,i+p,j+q,c]·g[b,i,j,o]
+    and ∂x_pad[b,i+p,j+q,c] += Σ_o g[b,i,j,o]·k[p,q,c,o], the padding cut off."""
+    from jaxpfl.models.conv import conv_general_dilated
+
+    monkeypatch.setenv("JAXPFL_CONV", "im2col")
+    rng = np.random.default_rng(5)
+    x = rng.normal(size=(2, 9, 8, 3)).astype(np.float32)
+    k = rng.normal(size=(4, 3, 3, 5)).astype(np.float32)
+    y, vjp = jax.vjp(lambda a, b: conv_general_dilated(
+        a, b, (1, 1), pads, dimension_numbers=("NHWC", "HWIO", "NHWC")), x, k)
+    g = rng.normal(size=y.shape).astype(np.float32)
+    dx, dk = vjp(jnp.asarray(g))
+
+    xp = np.pad(x.astype(np.float64), ((0, 0), *pads, (0, 0)))
+    g64 = g.astype(np.float64)
+    want_dk = np.zeros(k.shape)
+    want_dxp = np.zeros(xp.shape)
+    h, w = g.shape[1], g.shape[2]
+    for p in range(k.shape[0]):
+        for q in range(k.shape[1]):
+            want_dk[p, q] = np.einsum("bhwc,bhwo->co", xp[:, p : p + h, q : q + w, :], g64)
+            want_dxp[:, p : p + h, q : q + w, :] += np.einsum("bhwo,co->bhwc", g64, k[p, q])
+    want_dx = want_dxp[:, pads[0][0] : pads[0][0] + x.shape[1],
+                       pads[1][0] : pads[1][0] + x.shape[2], :]
+    np.testing.assert_allclose(np.asarray(y), _numpy_conv(x, k, pads), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(np.asarray(dk), want_dk, rtol=1e-5, atol=1e-4)
+    np.testing.assert_allclose(np.asarray(dx), want_dx, rtol=1e-5, atol=1e-5)
+
+
+def test_max_pool_gradient_goes_to_the_first_maximum_as_pytorch():
+    """Each window's gradient lands on its first maximal entry in row-major order (PyTorch's
+    MaxPool2d); ties are frequent (flat background after a ReLU), and the dropped odd row and
+    column get nothing. Reference: a literal loop over windows."""
+    from jaxpfl.models.conv import max_pool_2x2
+
+    rng = np.random.default_rng(1)
+    x = rng.integers(0, 3, size=(2, 7, 9, 3)).astype(np.float32)  # many ties
+    x[0, :2, :2, 0] = 1.0  # a window of four equal entries
+    g = rng.normal(size=(2, 3, 4, 3)).astype(np.float32)
+    y, vjp = jax.vjp(max_pool_2x2, jnp.asarray(x))
+    (dx,) = vjp(jnp.asarray(g))
+    want = np.zeros_like(x)
+    ties = 0
+    for b in range(2):
+        for i in range(3):
+            for j in range(4):
+                for c in range(3):
+                    window = x[b, 2 * i : 2 * i + 2, 2 * j : 2 * j + 2, c].reshape(-1)
+                    first = int(np.argmax(window))  # NumPy's argmax: the first maximum
+                    ties += int((window == window.max()).sum() > 1)
+                    want[b, 2 * i + first // 2, 2 * j + first % 2, c] = g[b, i, j, c]
+    assert ties > 20  # the case that matters is exercised
+    want_y = x[:, :6, :8, :].reshape(2, 3, 2, 4, 2, 3).max(axis=(2, 4))
+    np.testing.assert_array_equal(np.asarray(y), want_y)
+    np.testing.assert_array_equal(np.asarray(dx), want)
+    assert float(jnp.abs(dx[:, 6, :, :]).max()) == 0.0 and float(jnp.abs(dx[:, :, 8, :]).max()) == 0
+
+
 def test_conv_impl_default_and_bad_value(monkeypatch):
     from jaxpfl.errors import ConfigError
     from jaxpfl.models.conv import conv_impl

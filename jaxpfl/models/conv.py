@@ -2,24 +2,26 @@
 
 XLA:CPU runs a stride-1 convolution in one of two ways. Called on its own (one jitted step per
 call), it goes to a fast library kernel; inside a loop construct (``lax.scan``/``while_loop``,
-i.e. every jitted multi-step path of the engine) and under ``vmap`` it is emitted as a generic
-loop nest that runs 6–12x slower (FedAvgCNN, batch 10, 2-core CPU: 6.5 ms per SGD step alone,
-41 ms inside a scan, 75 ms per client-step vmapped over 8 clients). The same convolution written
-as ``im2col`` (the k·k shifted views stacked, then one matrix product with the kernel) is plain
-slicing and a ``dot``, which XLA:CPU runs well in every context: 5.6–5.9 ms per step in a scan
-or alone, 6.2 ms per client-step vmapped (PyTorch's own loop: 6.7 ms, same machine and run).
-``experiments/bench_engine.py --conv im2col,xla`` measures both side by side. For a forward
-pass alone (evaluation) the picture turns: XLA's convolution is 2.5–3x faster than ``im2col``,
-even inside ``lax.map``. So the CPU formulation is a ``custom_vjp``: evaluated, XLA's
-convolution; differentiated, ``im2col`` forward and backward.
+i.e. every jitted multi-step path of the engine) and under ``vmap`` its gradient convolutions
+are emitted as generic loop nests that run tens of times slower (FedAvgCNN, batch 10: 169 ms
+per step for conv2's kernel gradient alone inside a scan, against about 10 ms for the whole
+step below; ``experiments/profile_step.py --variants im2col,xla``). The same convolution
+written as ``im2col`` (the k·k shifted views of the input side by side on the channel axis,
+then one matrix product with the reshaped kernel) is slicing and a ``dot``, which XLA:CPU runs
+well in every context. For a forward pass alone (evaluation) XLA's convolution is the faster
+one. So the CPU formulation is a ``custom_vjp``: evaluated, XLA's convolution; differentiated,
+``im2col`` forward and a written-out VJP (``∂kernel = colsᵀ·g``; ``∂x`` = col2im of
+``g·kernelᵀ`` by in-place slice updates).
 
-``im2col`` computes the same sums in a different order: losses agree with XLA's convolution to
-float32 rounding (≤ 5e-7 after 200 SGD steps in the probe); ``tests/test_models.py`` checks the
-outputs and gradients against ``lax.conv_general_dilated``.
+``im2col`` computes the same sums in a different order: outputs and gradients agree with XLA's
+convolution and with the textbook sums to float32 rounding (``tests/test_models.py``).
 
 Which formulation runs is chosen when a model is traced: ``JAXPFL_CONV=auto`` (default) uses
 ``im2col`` on the CPU backend and XLA's convolution elsewhere (cuDNN on a GPU); ``xla`` or
 ``im2col`` force one. The variable is read at trace time, so set it before the first call.
+
+Max pooling (:func:`max_pool_2x2`) is a reshape and a max, with PyTorch's gradient rule (the
+first maximum of each window) written as a select.
 """
 
 from __future__ import annotations
@@ -70,18 +72,35 @@ def _pads(
     return pairs  # type: ignore[return-value]
 
 
-def conv2d_im2col(x: jax.Array, kernel: jax.Array, pads: Sequence[tuple[int, int]]) -> jax.Array:
-    """Stride-1 2-D convolution of ``x [B, H, W, Cin]`` with ``kernel [kh, kw, Cin, Cout]``.
+def _patches(x: jax.Array, kh: int, kw: int) -> jax.Array:
+    """``[B, H, W, C] -> [B, h, w, kh·kw·C]``: the kh·kw shifted views side by side on the
+    channel axis, patch-major (``(p·kw + q)·C + c``, the order of an HWIO kernel's reshape)."""
+    h, w = x.shape[1] - kh + 1, x.shape[2] - kw + 1
+    return jnp.concatenate([x[:, p : p + h, q : q + w, :] for p in range(kh) for q in range(kw)],
+                           axis=-1)
 
-    ``y[b, i, j, o] = Σ_{p, q, c} x_pad[b, i+p, j+q, c] · kernel[p, q, c, o]`` — the k·k shifted
-    views of ``x`` stacked on a patch axis, contracted with the kernel in one ``einsum``.
-    """
+
+def _im2col(
+    x: jax.Array, kernel: jax.Array, pads: Sequence[tuple[int, int]]
+) -> tuple[jax.Array, jax.Array]:
+    """:func:`conv2d_im2col`'s output and its patch matrix ``[B·h·w, kh·kw·Cin]``."""
     kh, kw, cin, cout = kernel.shape
     if any(lo or hi for lo, hi in pads):
         x = jnp.pad(x, ((0, 0), *pads, (0, 0)))
-    h, w = x.shape[1] - kh + 1, x.shape[2] - kw + 1
-    cols = jnp.stack([x[:, p : p + h, q : q + w, :] for p in range(kh) for q in range(kw)], axis=3)
-    return jnp.einsum("bhwpc,pco->bhwo", cols, kernel.reshape(kh * kw, cin, cout))
+    cols = _patches(x, kh, kw)
+    cols2 = cols.reshape(-1, kh * kw * cin)
+    y = cols2 @ kernel.reshape(kh * kw * cin, cout)
+    return y.reshape(*cols.shape[:3], cout), cols2
+
+
+def conv2d_im2col(x: jax.Array, kernel: jax.Array, pads: Sequence[tuple[int, int]]) -> jax.Array:
+    """Stride-1 2-D convolution of ``x [B, H, W, Cin]`` with ``kernel [kh, kw, Cin, Cout]``.
+
+    ``y[b, i, j, o] = Σ_{p, q, c} x_pad[b, i+p, j+q, c] · kernel[p, q, c, o]``: the patches of
+    :func:`_patches` as a ``[B·h·w, kh·kw·Cin]`` matrix times the kernel reshaped to
+    ``[kh·kw·Cin, Cout]``, one plain matrix product.
+    """
+    return _im2col(x, kernel, pads)[0]
 
 
 def conv_general_dilated(
@@ -125,20 +144,45 @@ def conv_general_dilated(
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
 def _conv_cpu(x: jax.Array, kernel: jax.Array, pads: tuple) -> jax.Array:
-    """Not differentiated (evaluation): XLA's convolution, 2.5–3x faster than ``im2col`` for a
-    forward pass on XLA:CPU, even inside ``lax.map``. Differentiated (training): ``im2col``
-    forward and its VJP (XLA:CPU's gradient convolutions are the slow ones)."""
+    """Not differentiated (evaluation): XLA's convolution, 3–4x faster than ``im2col`` for a
+    forward pass over evaluation batches on XLA:CPU, even inside ``lax.map``. Differentiated
+    (training): ``im2col`` forward and the VJP below (XLA:CPU's gradient convolutions are the
+    slow ones)."""
     return lax.conv_general_dilated(x, kernel, (1, 1), list(pads), dimension_numbers=_NHWC)
 
 
 def _conv_cpu_fwd(x, kernel, pads):
-    return conv2d_im2col(x, kernel, pads), (x, kernel)
+    y, cols2 = _im2col(x, kernel, pads)
+    return y, (cols2, kernel, x.shape)
 
 
 def _conv_cpu_bwd(pads, res, g):
-    x, kernel = res
-    _, vjp = jax.vjp(lambda a, b: conv2d_im2col(a, b, pads), x, kernel)
-    return vjp(g)
+    """The VJP of :func:`conv2d_im2col`, written out:
+
+    - ``∂kernel = colsᵀ · g`` (``[kh·kw·Cin, B·h·w] · [B·h·w, Cout]``);
+    - ``∂cols = g · kernelᵀ``, then col2im: patch (p, q) of ``∂cols`` is added into
+      ``∂x_pad[:, p:p+h, q:q+w, :]``, one in-place slice update after another; the padding
+      is cut off.
+
+    JAX's own VJP of the patches is a chain of 25 pads and adds that XLA fuses into whatever
+    consumes ``∂x`` (the pooling and ReLU backward), recomputing the chain for each element
+    of that consumer; the in-place updates and an ``optimization_barrier`` on ``∂x`` keep col2im
+    a pass of its own (docs/performance.md, "The training step, op by op")."""
+    cols2, kernel, x_shape = res
+    kh, kw, cin, cout = kernel.shape
+    g2 = g.reshape(-1, cout)
+    d_kernel = (cols2.T @ g2).reshape(kernel.shape)
+    d_cols = (g2 @ kernel.reshape(kh * kw * cin, cout).T).reshape(*g.shape[:3], kh * kw, cin)
+    (top, bottom), (left, right) = pads
+    h, w = g.shape[1], g.shape[2]
+    dx = jnp.zeros((x_shape[0], x_shape[1] + top + bottom, x_shape[2] + left + right, cin),
+                   g.dtype)
+    for p in range(kh):
+        for q in range(kw):
+            window = dx[:, p : p + h, q : q + w, :] + d_cols[:, :, :, p * kw + q, :]
+            dx = lax.dynamic_update_slice(dx, window, (0, p, q, 0))
+    dx = dx[:, top : top + x_shape[1], left : left + x_shape[2], :]
+    return lax.optimization_barrier(dx), d_kernel
 
 
 _conv_cpu.defvjp(_conv_cpu_fwd, _conv_cpu_bwd)
@@ -155,15 +199,47 @@ def _dims(dimension_numbers: Any, ndim: int) -> Any:
         return None
 
 
+def _pool_view(x: jax.Array) -> jax.Array:
+    """``[..., H, W, C] -> [..., H//2, 2, W//2, 2, C]`` (an odd last row or column dropped)."""
+    h, w = x.shape[-3] // 2 * 2, x.shape[-2] // 2 * 2
+    x = x[..., :h, :w, :]
+    return x.reshape(x.shape[:-3] + (h // 2, 2, w // 2, 2, x.shape[-1]))
+
+
+@jax.custom_vjp
 def max_pool_2x2(x: jax.Array) -> jax.Array:
     """2×2 max pool, stride 2, floor (PyTorch ``MaxPool2d(2)``) on ``[..., H, W, C]``.
 
-    A reshape and a max over the two window axes: the same values as ``lax.reduce_window``, and
-    faster on every backend we measured. On exact ties inside a window the gradient is shared
-    among the tied entries (PyTorch routes it to the first); after a ReLU the only ties in
-    practice are all-zero windows, whose gradient the ReLU zeroes anyway.
+    Forward: a reshape and a max over the two window axes (the same values as
+    ``lax.reduce_window``, and faster on every backend we measured). Backward, as PyTorch: each
+    window's gradient goes to its first maximal entry in row-major order (top-left, top-right,
+    bottom-left, bottom-right); the other entries, and a dropped odd row or column, get 0.
+    Ties are common: after the first ReLU every background window of an image holds four equal
+    values. The gradient is then a select over the window, with no reduction.
     """
-    h, w = x.shape[-3] // 2 * 2, x.shape[-2] // 2 * 2
-    x = x[..., :h, :w, :]
-    shape = x.shape[:-3] + (h // 2, 2, w // 2, 2, x.shape[-1])
-    return x.reshape(shape).max(axis=(-4, -2))
+    return _pool_view(x).max(axis=(-4, -2))
+
+
+def _max_pool_fwd(x: jax.Array) -> tuple[jax.Array, tuple[jax.Array, jax.Array]]:
+    y = _pool_view(x).max(axis=(-4, -2))
+    return y, (x, y)
+
+
+def _max_pool_bwd(res: tuple[jax.Array, jax.Array], g: jax.Array) -> tuple[jax.Array]:
+    x, y = res
+    v = _pool_view(x)
+    y6 = y[..., :, None, :, None, :]
+    top_left = v[..., 0:1, :, 0:1, :] == y6
+    top_right = (v[..., 0:1, :, 1:2, :] == y6) & ~top_left
+    bottom_left = (v[..., 1:2, :, 0:1, :] == y6) & ~(top_left | top_right)
+    bottom_right = ~(top_left | top_right | bottom_left)
+    first = jnp.concatenate([jnp.concatenate([top_left, top_right], axis=-2),
+                             jnp.concatenate([bottom_left, bottom_right], axis=-2)], axis=-4)
+    dx = jnp.where(first, g[..., :, None, :, None, :], 0.0).astype(x.dtype)
+    h, w = v.shape[-5] * 2, v.shape[-3] * 2
+    dx = dx.reshape(x.shape[:-3] + (h, w, x.shape[-1]))
+    extra = [(0, 0)] * (x.ndim - 3) + [(0, x.shape[-3] - h), (0, x.shape[-2] - w), (0, 0)]
+    return (jnp.pad(dx, extra) if any(hi for _, hi in extra) else dx,)
+
+
+max_pool_2x2.defvjp(_max_pool_fwd, _max_pool_bwd)
