@@ -528,26 +528,6 @@ def test_max_pool_gradient_goes_to_the_first_maximum_as_pytorch():
     assert float(jnp.abs(dx[:, 6, :, :]).max()) == 0.0 and float(jnp.abs(dx[:, :, 8, :]).max()) == 0
 
 
-def test_relu_then_pool_equals_pool_then_relu_with_gradients():
-    """The models compute MaxPool(ReLU(x)) as ReLU(MaxPool(x)): equal values and gradients on
-    windows that are all negative, hold zeros, or tie between positive entries."""
-    from jaxpfl.models.conv import max_pool_2x2
-    from jaxpfl.models.zoo import _relu_pool
-
-    rng = np.random.default_rng(2)
-    x = rng.integers(-2, 3, size=(2, 8, 7, 3)).astype(np.float32)
-    x[0, :2, :2, 0] = -1.0  # all negative
-    x[0, 2:4, :2, 0] = [[0.0, -1.0], [0.0, 0.0]]  # zeros
-    x[0, 4:6, :2, 0] = [[-1.0, 2.0], [2.0, 1.0]]  # a positive tie
-    g = rng.normal(size=(2, 4, 3, 3)).astype(np.float32)
-    y1, vjp1 = jax.vjp(_relu_pool, jnp.asarray(x))
-    y2, vjp2 = jax.vjp(lambda a: max_pool_2x2(jax.nn.relu(a)), jnp.asarray(x))
-    np.testing.assert_array_equal(np.asarray(y1), np.asarray(y2))
-    np.testing.assert_array_equal(np.asarray(vjp1(jnp.asarray(g))[0]),
-                                  np.asarray(vjp2(jnp.asarray(g))[0]))
-    assert float(vjp1(jnp.asarray(g))[0][0, 4, 1, 0]) == g[0, 2, 0, 0]  # the first 2 gets it
-
-
 def test_conv_impl_default_and_bad_value(monkeypatch):
     from jaxpfl.errors import ConfigError
     from jaxpfl.models.conv import conv_impl

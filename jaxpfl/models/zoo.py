@@ -53,14 +53,6 @@ def _pool(x: jax.Array) -> jax.Array:
     return max_pool_2x2(x)
 
 
-def _relu_pool(x: jax.Array) -> jax.Array:
-    """``MaxPool2d(2)(ReLU(x))``, computed as ``ReLU(MaxPool2d(2)(x))`` on a quarter of the
-    elements. The values are equal (a max commutes with a monotone function), and so are the
-    gradients: the window's first maximum gets the gradient when it is positive, and nothing
-    does otherwise, in either order (PyTorch's pooling rule, ReLU' (0) = 0)."""
-    return nn.relu(max_pool_2x2(x))
-
-
 def _flatten(x: jax.Array) -> jax.Array:
     """Flatten the trailing (H, W, C) axes."""
     return x.reshape(x.shape[:-3] + (-1,))
@@ -95,8 +87,8 @@ class FedAvgCNN(nn.Module):
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
         del train  # unused: no dropout
         x = preprocess(x, self.normalize)
-        x = _relu_pool(_conv(x, 32, 5, "VALID", "conv1"))
-        x = _relu_pool(_conv(x, 64, 5, "VALID", "conv2"))
+        x = _pool(nn.relu(_conv(x, 32, 5, "VALID", "conv1")))
+        x = _pool(nn.relu(_conv(x, 64, 5, "VALID", "conv2")))
         x = nn.relu(_dense(_flatten(x), 512, "fc1"))
         return _dense(x, self.num_classes, "fc")
 
@@ -114,8 +106,8 @@ class EmnistCNN(nn.Module):
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
         x = preprocess(x, self.normalize)
-        x = _relu_pool(_conv(x, 32, 5, "SAME", "conv1"))
-        x = _relu_pool(_conv(x, 64, 5, "SAME", "conv2"))
+        x = _pool(nn.relu(_conv(x, 32, 5, "SAME", "conv1")))
+        x = _pool(nn.relu(_conv(x, 64, 5, "SAME", "conv2")))
         x = nn.relu(_dense(_flatten(x), 1024, "fc1"))
         x = nn.Dropout(self.dropout, deterministic=not train)(x)
         return _dense(x, self.num_classes, "fc")
@@ -136,7 +128,7 @@ class ConvDropoutCNN(nn.Module):
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
         x = preprocess(x, self.normalize)
         x = nn.relu(_conv(x, 32, 3, "VALID", "conv1"))
-        x = _relu_pool(_conv(x, 64, 3, "VALID", "conv2"))
+        x = _pool(nn.relu(_conv(x, 64, 3, "VALID", "conv2")))
         x = nn.Dropout(self.dropout_conv, deterministic=not train)(x)
         x = nn.relu(_dense(_flatten(x), 128, "fc1"))
         x = nn.Dropout(self.dropout_dense, deterministic=not train)(x)
@@ -174,8 +166,8 @@ class McMahanCNN(nn.Module):
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
         del train  # unused: no dropout
         x = preprocess(x, self.normalize)
-        x = _relu_pool(_conv(x, 32, 5, "SAME", "conv1"))
-        x = _relu_pool(_conv(x, 64, 5, "SAME", "conv2"))
+        x = _pool(nn.relu(_conv(x, 32, 5, "SAME", "conv1")))
+        x = _pool(nn.relu(_conv(x, 64, 5, "SAME", "conv2")))
         x = nn.relu(_dense(_flatten(x), 512, "fc1"))
         return _dense(x, self.num_classes, "fc")
 
@@ -277,8 +269,8 @@ class LeNet(nn.Module):
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
         del train  # unused: no dropout
         x = preprocess(x, self.normalize)
-        x = _relu_pool(_conv(x, 6, 5, "VALID", "conv1"))
-        x = _relu_pool(_conv(x, 16, 5, "VALID", "conv2"))
+        x = _pool(nn.relu(_conv(x, 6, 5, "VALID", "conv1")))
+        x = _pool(nn.relu(_conv(x, 16, 5, "VALID", "conv2")))
         x = nn.relu(_dense(_flatten(x), 120, "fc1"))
         x = nn.relu(_dense(x, 84, "fc2"))
         return _dense(x, self.num_classes, "fc")
