@@ -7,7 +7,9 @@ A variant is a convolution formulation (``JAXPFL_CONV``) plus XLA flags, which X
 per process; ``torch`` (with ``--torch-python``) is the same step in PyTorch, one thread.
 
 - Timing: the variants run their block in turn (A, B, C, A, B, C, ...), ``--repeats`` times;
-  per variant the median and min ms per step and the spread ((max − min) / median).
+  per variant the median and min ms per step and the spread ((max − min) / median). The JAX
+  programs are compiled once, with the profiler's hooks in them (below), so their times carry
+  that small cost and PyTorch's do not.
 - Agreement: every JAX variant trains from the same initial weights on the same batches; the
   largest parameter difference to the first variant after one block is reported.
 - Profile: one more block per variant under ``jax.profiler`` with
