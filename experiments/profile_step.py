@@ -257,7 +257,7 @@ def grouped(ops: list[dict[str, Any]]) -> dict[str, float]:
     out: dict[str, float] = defaultdict(float)
     for o in ops:
         out[o["group"]] += o["ms"]
-    return dict(sorted(out.items(), key=lambda kv: -kv[1]))
+    return {g: ms for g, ms in sorted(out.items(), key=lambda kv: -kv[1]) if ms >= 5e-4}
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
