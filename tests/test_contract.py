@@ -8,6 +8,7 @@ per-client evaluation of the stacked personal models. Every strategy must equal 
 
 import dataclasses
 import doctest
+import logging
 from typing import NamedTuple
 
 import jax
@@ -18,6 +19,7 @@ import pytest
 from toy import MODEL, np_loss_grad, np_params, np_sgd_epochs, schedule_batches, toy_dataset
 
 import jaxpfl.core.engine as engine_module
+from jaxpfl.algorithms.fedavg import FedAvgConfig, fedavg
 from jaxpfl.core import (
     Algorithm,
     ClientData,
@@ -269,3 +271,55 @@ def test_engine_docstring_toy_runs():
     """The contract's docstring example is executed (doctest)."""
     result = doctest.testmod(engine_module, raise_on_error=False, verbose=False)
     assert result.attempted >= 8 and result.failed == 0
+
+
+class _Compiles(logging.Handler):
+    """Counts the jit compilations ``jax_log_compiles`` reports, by function name."""
+
+    def __init__(self):
+        super().__init__()
+        self.names: list[str] = []
+
+    def emit(self, record):
+        msg = record.getMessage()
+        if msg.startswith("Compiling "):
+            self.names.append(msg.split()[1])
+
+
+def test_sequential_rounds_after_the_first_compile_nothing():
+    """Round 1 starts from the uncommitted state ``init`` returns (a leaf over the 1 MiB at
+    which the lanes reuse an array already on their device, as FedAvgCNN's fc1), later rounds
+    from the committed one a round returns. Over 2 devices the step block compiles once per
+    device and the server step once, all in round 1 (before the fix: a third step block in
+    round 1, and the server step again in round 2)."""
+    ds = _dataset()
+    alg = fedavg(MODEL, FedAvgConfig(local_epochs=1, batch_size=B, client_lr=LR,
+                                      server_opt="fedavgm", server_momentum=0.9))
+    k1, k2 = jax.random.split(jax.random.key(3))
+    wide = 1 << 15  # w1 [16, 32768] float32: 2 MiB
+    params = {"w1": jax.random.normal(k1, (16, wide)) * 0.01, "b1": jnp.zeros(wide),
+              "w2": jax.random.normal(k2, (wide, 3)) * 0.01, "b2": jnp.zeros(3)}
+    assert not params["w1"].committed
+    strategy = Strategy("sequential", num_devices=2)
+    rnd = make_round(alg, strategy)
+    state = alg.init(ROOT, params, ds.num_clients)
+    x, y = jnp.asarray(ds.x), jnp.asarray(ds.y)
+    compiles = _Compiles()
+    logger = logging.getLogger("jax")
+    logger.addHandler(compiles)
+    jax.config.update("jax_log_compiles", True)
+    try:
+        per_round = []
+        for t, ids in enumerate(ROUNDS):
+            before = len(compiles.names)
+            inputs = place_inputs(round_inputs(ds, np.array(ids), strategy), strategy)
+            state, _ = rnd(state, x, y, inputs, jnp.int32(t), ROOT)
+            jax.block_until_ready(state)
+            per_round.append(compiles.names[before:])
+    finally:
+        jax.config.update("jax_log_compiles", False)
+        logger.removeHandler(compiles)
+    first = per_round[0]
+    assert first.count("jit(_block)") == 2 and first.count("jit(server_update)") == 1, first
+    for later in per_round[1:]:
+        assert "jit(_block)" not in later and "jit(server_update)" not in later, later

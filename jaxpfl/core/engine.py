@@ -284,8 +284,8 @@ def _replica(tree: PyTree, device) -> PyTree:
     def put(a):
         if not isinstance(a, jax.Array) or a.nbytes < _REPLICA_MIN_BYTES:
             return jax.device_put(a, device)
-        if a.devices() == {device}:
-            return a
+        if a.devices() == {device} and a.committed:  # (an uncommitted one would be a
+            return a  # second jit cache entry beside the committed arrays of later rounds)
         key = (id(a), device.id)
         hit = _REPLICAS.get(key)
         if hit is None or hit[0] is not a:
@@ -449,6 +449,18 @@ def map_groups(
     return outs
 
 
+def _committed_first(jitted: Callable, strategy: Strategy) -> Callable:
+    """``jitted(server, ...)`` with ``server`` committed to the first device: the state a
+    run starts from is uncommitted, the one a round returns committed, and jit keys its cache
+    on that, so without this the server step would compile twice."""
+    home = strategy.sequential_devices()[0]
+
+    def call(server, *args):
+        return jitted(jax.device_put(server, home), *args)
+
+    return call
+
+
 def make_round(algorithm: Algorithm, strategy: Strategy) -> Callable:
     """``round(state, x, y, inputs, t, root) -> (state, RoundOutput)``.
 
@@ -465,7 +477,7 @@ def make_round(algorithm: Algorithm, strategy: Strategy) -> Callable:
     server_update, mix = algorithm.server_update, algorithm.mix
     stage_fn = algorithm.client_stage
     if not strategy.jitted:
-        server_update = jax.jit(server_update)
+        server_update = _committed_first(jax.jit(server_update), strategy)
         mix = None if mix is None else jax.jit(mix)
 
     def client_fn(shared, pc: _PerClient):
