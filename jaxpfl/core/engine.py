@@ -284,8 +284,8 @@ def _replica(tree: PyTree, device) -> PyTree:
     def put(a):
         if not isinstance(a, jax.Array) or a.nbytes < _REPLICA_MIN_BYTES:
             return jax.device_put(a, device)
-        if a.devices() == {device} and a.committed:  # (an uncommitted one would be a
-            return a  # second jit cache entry beside the committed arrays of later rounds)
+        if a.devices() == {device}:  # committed without a copy: an uncommitted array would
+            return a if a.committed else jax.device_put(a, device)  # be a 2nd jit cache entry
         key = (id(a), device.id)
         hit = _REPLICAS.get(key)
         if hit is None or hit[0] is not a:
