@@ -8,6 +8,7 @@ per-client evaluation of the stacked personal models. Every strategy must equal 
 
 import dataclasses
 import doctest
+import gc
 import logging
 from typing import NamedTuple
 
@@ -323,3 +324,28 @@ def test_sequential_rounds_after_the_first_compile_nothing():
     assert first.count("jit(_block)") == 2 and first.count("jit(server_update)") == 1, first
     for later in per_round[1:]:
         assert "jit(_block)" not in later and "jit(server_update)" not in later, later
+
+
+def test_lane_replicas_keep_the_pool_and_let_old_parameters_go():
+    """``_replica``: a large array reaches a further device once (the same copy every time),
+    its cache entry goes when the array does (a round's parameters are not kept alive), and
+    an uncommitted array already on the lane's device is committed without a copy."""
+    dev0, dev1 = jax.devices()[:2]
+    replica, cache = engine_module._replica, engine_module._REPLICAS
+    cache.clear()  # (other tests' live pools would only be copied again)
+    pool = jnp.arange(1 << 19, dtype=jnp.float32)  # 2 MiB, over the threshold
+    first = replica(pool, dev1)
+    assert first is replica(pool, dev1) and first.devices() == {dev1}
+    np.testing.assert_array_equal(np.asarray(first), np.asarray(pool))
+    assert len(cache) == 1
+    params = jnp.ones(1 << 19, jnp.float32)
+    replica(params, dev1)
+    assert len(cache) == 2
+    del params
+    gc.collect()
+    assert len(cache) == 1
+    fresh = jnp.ones(1 << 19, jnp.float32)
+    assert not fresh.committed and fresh.devices() == {dev0}
+    put = replica(fresh, dev0)
+    assert put.committed and put.unsafe_buffer_pointer() == fresh.unsafe_buffer_pointer()
+    assert len(cache) == 1

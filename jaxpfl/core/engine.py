@@ -109,6 +109,7 @@ from __future__ import annotations
 import concurrent.futures
 import dataclasses
 import time
+import weakref
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
@@ -272,9 +273,10 @@ def _is_per_device(a) -> bool:
     return isinstance(a, PerDevice)
 
 
-#: (id(array), device id) -> (array, its copy on that device): the pool reaches a second
-#: device once, not at every round and evaluation (the source is kept, so its id stays its own).
-_REPLICAS: dict[tuple[int, int], tuple[jax.Array, jax.Array]] = {}
+#: (id(array), device id) -> (weak reference to the array, its copy on that device): the pool
+#: reaches a second device once, not at every round and evaluation. An entry goes when its
+#: source does, so a round's parameters (also over the size threshold) are not kept alive.
+_REPLICAS: dict[tuple[int, int], tuple[weakref.ref, jax.Array]] = {}
 _REPLICA_MIN_BYTES = 1 << 20
 
 
@@ -288,10 +290,11 @@ def _replica(tree: PyTree, device) -> PyTree:
             return a if a.committed else jax.device_put(a, device)  # be a 2nd jit cache entry
         key = (id(a), device.id)
         hit = _REPLICAS.get(key)
-        if hit is None or hit[0] is not a:
+        if hit is None or hit[0]() is not a:
             if len(_REPLICAS) >= 16:
-                del _REPLICAS[next(iter(_REPLICAS))]
-            hit = _REPLICAS[key] = (a, jax.device_put(a, device))
+                _REPLICAS.pop(next(iter(_REPLICAS)), None)
+            source = weakref.ref(a, lambda _, key=key: _REPLICAS.pop(key, None))
+            hit = _REPLICAS[key] = (source, jax.device_put(a, device))
         return hit[1]
 
     return jax.tree.map(put, tree)
