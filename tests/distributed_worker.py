@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import logging
 import os
 import shutil
 import sys
@@ -35,7 +34,7 @@ distributed.initialize(timeout_s=60)  # from the environment; a no-op for one pr
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
-from toy import MODEL, toy_dataset  # noqa: E402
+from toy import MODEL, CompileLog, toy_dataset  # noqa: E402
 
 from jaxpfl.algorithms.fedavg import FedAvgConfig, fedavg  # noqa: E402
 from jaxpfl.core import (  # noqa: E402
@@ -62,17 +61,6 @@ def algorithm():
 
 def init_params(key):
     return MODEL.init(key, jnp.zeros((1, 4, 4, 1), jnp.uint8))
-
-
-class _Compiles(logging.Handler):
-    """Counts JAX's "Compiling jit(round_fn)" log records."""
-
-    def __init__(self):
-        super().__init__()
-        self.count = 0
-
-    def emit(self, record):
-        self.count += record.getMessage().startswith("Compiling jit(round_fn)")
 
 
 class _OnDisk:
@@ -170,22 +158,16 @@ def compile_check() -> dict:
 def job(mode: str, out: str, rounds: int, ckpt: str | None) -> None:
     os.makedirs(out, exist_ok=True)
     if mode == "run":
-        compiles = _Compiles()
-        logging.getLogger("jax").addHandler(compiles)
-        jax.config.update("jax_log_compiles", True)
-        res = drive(os.path.join(out, "run"), rounds, resume=False)
-        jax.config.update("jax_log_compiles", False)
-        logging.getLogger("jax").removeHandler(compiles)
-        info = {"history": res["history"], "driver_round_compiles": compiles.count}
+        with CompileLog() as compiles:
+            res = drive(os.path.join(out, "run"), rounds, resume=False)
+        info = {"history": res["history"],
+                "driver_round_compiles": compiles.names.count("jit(round_fn)")}
         save(out, res["state"], {**info, **compile_check()})
     elif mode == "local":  # the per-device pool: each process loads its own clients only
-        compiles = _Compiles()
-        logging.getLogger("jax").addHandler(compiles)
-        jax.config.update("jax_log_compiles", True)
-        res = drive(os.path.join(out, "run"), rounds, resume=False, per_device=True)
-        jax.config.update("jax_log_compiles", False)
-        logging.getLogger("jax").removeHandler(compiles)
-        info = {"history": res["history"], "driver_round_compiles": compiles.count,
+        with CompileLog() as compiles:
+            res = drive(os.path.join(out, "run"), rounds, resume=False, per_device=True)
+        info = {"history": res["history"],
+                "driver_round_compiles": compiles.names.count("jit(round_fn)"),
                 "pool_rows": every_process([res["pool_rows_here"]]),
                 "loaded": every_process(res["loaded"]), "owned": every_process(res["owned"])}
         save(out, res["state"], info)

@@ -9,7 +9,6 @@ per-client evaluation of the stacked personal models. Every strategy must equal 
 import dataclasses
 import doctest
 import gc
-import logging
 from typing import NamedTuple
 
 import jax
@@ -17,7 +16,15 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-from toy import MODEL, np_loss_grad, np_params, np_sgd_epochs, schedule_batches, toy_dataset
+from toy import (
+    MODEL,
+    CompileLog,
+    np_loss_grad,
+    np_params,
+    np_sgd_epochs,
+    schedule_batches,
+    toy_dataset,
+)
 
 import jaxpfl.core.engine as engine_module
 from jaxpfl.algorithms.fedavg import FedAvgConfig, fedavg
@@ -274,19 +281,6 @@ def test_engine_docstring_toy_runs():
     assert result.attempted >= 8 and result.failed == 0
 
 
-class _Compiles(logging.Handler):
-    """Counts the jit compilations ``jax_log_compiles`` reports, by function name."""
-
-    def __init__(self):
-        super().__init__()
-        self.names: list[str] = []
-
-    def emit(self, record):
-        msg = record.getMessage()
-        if msg.startswith("Compiling "):
-            self.names.append(msg.split()[1])
-
-
 def test_sequential_rounds_after_the_first_compile_nothing():
     """Round 1 starts from the uncommitted state ``init`` returns (a leaf over the 1 MiB at
     which the lanes reuse an array already on their device, as FedAvgCNN's fc1), later rounds
@@ -305,21 +299,14 @@ def test_sequential_rounds_after_the_first_compile_nothing():
     rnd = make_round(alg, strategy)
     state = alg.init(ROOT, params, ds.num_clients)
     x, y = jnp.asarray(ds.x), jnp.asarray(ds.y)
-    compiles = _Compiles()
-    logger = logging.getLogger("jax")
-    logger.addHandler(compiles)
-    jax.config.update("jax_log_compiles", True)
-    try:
-        per_round = []
+    per_round = []
+    with CompileLog() as compiles:
         for t, ids in enumerate(ROUNDS):
             before = len(compiles.names)
             inputs = place_inputs(round_inputs(ds, np.array(ids), strategy), strategy)
             state, _ = rnd(state, x, y, inputs, jnp.int32(t), ROOT)
             jax.block_until_ready(state)
             per_round.append(compiles.names[before:])
-    finally:
-        jax.config.update("jax_log_compiles", False)
-        logger.removeHandler(compiles)
     first = per_round[0]
     assert first.count("jit(_block)") == 2 and first.count("jit(server_update)") == 1, first
     for later in per_round[1:]:

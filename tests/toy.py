@@ -3,6 +3,8 @@ K = 6 clients with n_k ∈ {1, 7, 10, 13, 23, 40}; a plain NumPy forward/backwar
 
 from __future__ import annotations
 
+import logging
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -117,3 +119,29 @@ def schedule_batches(schedule, idx_row):
         if valid[s].any():
             out.append(np.asarray(idx_row)[pos[s][valid[s]]])
     return out
+
+
+class CompileLog(logging.Handler):
+    """``with CompileLog() as log:`` the names of the functions jit compiles meanwhile
+    (``log.names``, e.g. ``'jit(_block)'``), from the records of ``jax_log_compiles``."""
+
+    def __init__(self):
+        super().__init__()
+        self.names: list[str] = []
+
+    def emit(self, record):
+        msg = record.getMessage()
+        if msg.startswith("Compiling "):
+            self.names.append(msg.split()[1])
+
+    def __enter__(self) -> CompileLog:
+        logging.getLogger("jax").addHandler(self)
+        self._was = jax.config.jax_log_compiles
+        # the global setting: ``jax.log_compiles(True)`` is thread-local, and the sequential
+        # strategy's lanes compile in threads of their own
+        jax.config.update("jax_log_compiles", True)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        jax.config.update("jax_log_compiles", self._was)
+        logging.getLogger("jax").removeHandler(self)
