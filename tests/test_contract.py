@@ -313,6 +313,30 @@ def test_sequential_rounds_after_the_first_compile_nothing():
         assert "jit(_block)" not in later and "jit(server_update)" not in later, later
 
 
+def test_sequential_rounds_with_client_state_compile_only_in_round_one():
+    """The toy algorithm (client state scattered back, a client stage, a mix) over 2
+    devices: round 1 starts from ``init``'s uncommitted client state, and rounds 2 and 3 (the
+    same numbers of clients and sizes, so the same shapes) compile nothing at all (before
+    the fix: the row gather and the scatter compiled again in round 2)."""
+    ds = _dataset()
+    alg = toy_algorithm()
+    strategy = Strategy("sequential", num_devices=2)
+    rnd = make_round(alg, strategy)
+    state = alg.init(ROOT, _params(), ds.num_clients)
+    x, y = jnp.asarray(ds.x), jnp.asarray(ds.y)
+    per_round = []
+    with CompileLog() as compiles:
+        for t, ids in enumerate(ROUNDS):
+            before = len(compiles.names)
+            inputs = place_inputs(round_inputs(ds, np.array(ids), strategy,
+                                               stage=stage_groups(ds, strategy)), strategy)
+            state, _ = rnd(state, x, y, inputs, jnp.int32(t), ROOT)
+            jax.block_until_ready(state)
+            per_round.append(compiles.names[before:])
+    assert "jit(mix)" in per_round[0] and "jit(_scatter)" in per_round[0], per_round[0]
+    assert per_round[1:] == [[], []], per_round[1:]
+
+
 def test_lane_replicas_keep_the_pool_and_let_old_parameters_go():
     """``_replica``: a large array reaches a further device once (the same copy every time),
     its cache entry goes when the array does (a round's parameters are not kept alive), and

@@ -452,16 +452,15 @@ def map_groups(
     return outs
 
 
-def _committed_first(jitted: Callable, strategy: Strategy) -> Callable:
-    """``jitted(server, ...)`` with ``server`` committed to the first device: the state a
-    run starts from is uncommitted, the one a round returns committed, and jit keys its cache
-    on that, so without this the server step would compile twice."""
-    home = strategy.sequential_devices()[0]
-
-    def call(server, *args):
-        return jitted(jax.device_put(server, home), *args)
-
-    return call
+def _committed(tree: PyTree, device) -> PyTree:
+    """``tree`` with its uncommitted arrays committed to ``device`` (where they already are:
+    no copy). jit keys its cache on whether an argument is committed, and the state a run
+    starts from (``init``'s output) is uncommitted while the state a round returns is not, so
+    without this the eager round's jitted pieces would compile again in round 2."""
+    return jax.tree.map(
+        lambda a: jax.device_put(a, device)
+        if isinstance(a, jax.Array) and not a.committed else a, tree
+    )
 
 
 def make_round(algorithm: Algorithm, strategy: Strategy) -> Callable:
@@ -480,7 +479,7 @@ def make_round(algorithm: Algorithm, strategy: Strategy) -> Callable:
     server_update, mix = algorithm.server_update, algorithm.mix
     stage_fn = algorithm.client_stage
     if not strategy.jitted:
-        server_update = _committed_first(jax.jit(server_update), strategy)
+        server_update = jax.jit(server_update)
         mix = None if mix is None else jax.jit(mix)
 
     def client_fn(shared, pc: _PerClient):
@@ -492,6 +491,8 @@ def make_round(algorithm: Algorithm, strategy: Strategy) -> Callable:
 
     def round_fn(state: State, x, y, inputs: RoundInputs, t, root):
         tic = time.perf_counter()
+        if not strategy.jitted:
+            state = _committed(state, strategy.sequential_devices()[0])
         seconds: dict = {}
         shared = (state.server, x, y, t)
         outs = map_groups(
